@@ -1,0 +1,149 @@
+"""Revisited-format datasets: any folder with ``gnd_<name>.pkl`` and ``jpg/<image>.jpg`` (Radenović et al., 2018).
+
+ROxford5k and RParis6k use this layout (revisitop ``python/dataset.py``), and so do the embedded demo set and any
+set a user builds. Queries are cropped to their ``bbx`` the way revisitop's Python code does it (Pillow's ``crop``,
+which rounds the float box and zero-pads outside the image); ``crop_mode="trunc"`` reproduces CVNet/SuperGlobal/DOLG
+(``int()`` truncation, clipped to the image).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from irlib.data.images import load_image
+from irlib.eval.revisited import validate_gnd
+
+CropMode = Literal["round", "trunc"]
+CROP_MODES: tuple[str, ...] = ("round", "trunc")
+_KEYS = ("imlist", "qimlist", "gnd")
+
+
+def crop_query(img: Image.Image, bbx: Sequence[float], mode: CropMode = "round") -> Image.Image:
+    """Crop a query image to its box ``[x1, y1, x2, y2]``.
+
+    ``"round"``: Pillow's ``crop`` (revisitop; rounds half to even, zero-pads outside the image).
+    ``"trunc"``: ``int()`` of every coordinate, clipped to the image (CVNet, SuperGlobal, DOLG).
+    """
+    if mode == "round":
+        return img.crop(tuple(float(v) for v in bbx))
+    if mode == "trunc":
+        x1, y1, x2, y2 = (int(v) for v in bbx)
+        w, h = img.size
+        return img.crop((max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)))
+    raise ValueError(f"unknown crop mode {mode!r}; expected one of {CROP_MODES}")
+
+
+@dataclass(frozen=True)
+class RevisitedDataset:
+    """A test set in the revisited format.
+
+    Attributes:
+        name: the ``<name>`` of ``gnd_<name>.pkl``.
+        root: the folder holding the pickle and ``jpg/``.
+        imlist: database image names (no extension), in index order.
+        qimlist: query image names.
+        gnd: one dict per query with ``bbx`` (4 floats) and sorted ``easy``/``hard``/``junk`` database indices.
+    """
+
+    name: str
+    root: Path
+    imlist: list[str]
+    qimlist: list[str]
+    gnd: list[dict[str, Any]]
+
+    @classmethod
+    def from_dir(cls, root: str | os.PathLike, name: str | None = None) -> RevisitedDataset:
+        """Load ``root/gnd_<name>.pkl``; ``name`` may be omitted when the folder holds exactly one such pickle."""
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder {root} does not exist")
+        if name is None:
+            found = sorted(root.glob("gnd_*.pkl"))
+            if len(found) != 1:
+                raise FileNotFoundError(
+                    f"{root} must hold exactly one gnd_<name>.pkl (found {[p.name for p in found]}); pass name="
+                )
+            name = found[0].stem[len("gnd_") :]
+        path = root / f"gnd_{name}.pkl"
+        if not path.is_file():
+            raise FileNotFoundError(f"ground truth {path} does not exist (expected gnd_<name>.pkl and jpg/ in {root})")
+        with open(path, "rb") as f:
+            cfg = pickle.load(f)
+        return cls(name=name, root=root, **_parse(cfg, path))
+
+    @classmethod
+    def from_root(cls, data_root: str | os.PathLike, name: str) -> RevisitedDataset:
+        """Load the set ``name`` from ``data_root/name/`` (revisitop's ``<root>/<dataset>/gnd_<dataset>.pkl``)."""
+        return cls.from_dir(Path(data_root) / name, name)
+
+    @property
+    def n_db(self) -> int:
+        return len(self.imlist)
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.qimlist)
+
+    @property
+    def bbx(self) -> np.ndarray:
+        """Query boxes ``(n_queries, 4)`` as float ``[x1, y1, x2, y2]``."""
+        return np.array([q["bbx"] for q in self.gnd], dtype=np.float64).reshape(-1, 4)
+
+    def image_path(self, image: str) -> Path:
+        return self.root / "jpg" / f"{image}.jpg"
+
+    @property
+    def db_paths(self) -> list[Path]:
+        return [self.image_path(n) for n in self.imlist]
+
+    @property
+    def query_paths(self) -> list[Path]:
+        return [self.image_path(n) for n in self.qimlist]
+
+    def load_db_image(self, i: int) -> Image.Image:
+        return load_image(self.image_path(self.imlist[i]), dataset=self.name)
+
+    def load_query(self, i: int, *, crop: bool = True, crop_mode: CropMode = "round") -> Image.Image:
+        """Query ``i`` as RGB, cropped to its box unless ``crop=False``."""
+        img = load_image(self.image_path(self.qimlist[i]), dataset=self.name)
+        return crop_query(img, self.gnd[i]["bbx"], crop_mode) if crop else img
+
+    def missing_images(self) -> list[Path]:
+        """Database and query files that do not exist."""
+        return [p for p in self.db_paths + self.query_paths if not p.is_file()]
+
+
+def _parse(cfg: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a dict with keys {_KEYS}, got {type(cfg).__name__}")
+    missing = [k for k in _KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; a revisited gnd pickle has {_KEYS}")
+    imlist, qimlist, gnd = (list(cfg[k]) for k in _KEYS)
+    if len(gnd) != len(qimlist):
+        raise ValueError(f"{path}: 'gnd' has {len(gnd)} entries but 'qimlist' has {len(qimlist)}")
+    try:
+        validate_gnd(gnd, n_db=len(imlist))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    queries = []
+    for i, q in enumerate(gnd):
+        bbx = q.get("bbx")
+        if bbx is None or len(bbx) != 4:
+            raise ValueError(f"{path}: gnd[{i}]['bbx'] must be [x1, y1, x2, y2], got {bbx!r}")
+        box = [float(v) for v in bbx]
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"{path}: gnd[{i}]['bbx'] {box} is empty (need x2 > x1 and y2 > y1)")
+        queries.append({**q, "bbx": box, **{f: sorted(int(v) for v in q[f]) for f in ("easy", "hard", "junk")}})
+    overlap = set(imlist) & set(qimlist)
+    if overlap:
+        raise ValueError(f"{path}: queries must not be database images, found {sorted(overlap)[:5]}")
+    return {"imlist": imlist, "qimlist": qimlist, "gnd": queries}

@@ -1,0 +1,294 @@
+"""The revisited Oxford/Paris evaluation protocol (Radenović et al., CVPR 2018; revisitop ``python/evaluate.py``).
+
+Two entry points:
+
+* :func:`compute_map` is a drop-in for the official ``compute_map(ranks, gnd, kappas)``: same arguments, same
+  ``(map, aps, pr, prs)`` tuple, same semantics (trapezoid AP, junk shifting, the truncated mP@k divisor, NaN for
+  queries without positives). It differs only where the official code crashes: no query with positives gives a NaN
+  mAP with a warning, and a query none of whose positives appear in a truncated ``ranks`` gets AP = P@k = 0.
+* :func:`evaluate` builds Easy/Medium/Hard from the ``easy``/``hard``/``junk`` fields exactly as revisitop's
+  ``example_evaluate.py`` does, and accepts either a score matrix (no database-wide sort: each positive's and junk
+  image's position is counted directly) or a ranking.
+
+Conventions: ``ranks`` is ``(n_db, n_queries)`` (or ``(k, n_queries)`` when truncated) with 0-based database
+indices, best first, as in revisitop; ``scores`` is ``(n_queries, n_db)``, higher is better, and ties are broken by
+database index, i.e. the ranking is ``np.argsort(-scores, axis=1, kind="stable")``. The official example uses the
+default (unstable) argsort, so its tie order is unspecified.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+PROTOCOLS: tuple[str, ...] = ("easy", "medium", "hard")
+_GND_FIELDS: tuple[str, ...] = ("easy", "hard", "junk")
+# (fields that are positives, fields that are junk) per protocol
+_PROTOCOL_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "easy": (("easy",), ("junk", "hard")),
+    "medium": (("easy", "hard"), ("junk",)),
+    "hard": (("hard",), ("junk", "easy")),
+}
+
+
+def protocol_gnd(gnd: Sequence[Mapping[str, Any]], protocol: str) -> list[dict[str, np.ndarray]]:
+    """Per-query ``{"ok", "junk"}`` of one protocol, as revisitop's ``example_evaluate.py`` builds them.
+
+    Easy: ok = easy, junk = junk + hard. Medium: ok = easy + hard, junk = junk. Hard: ok = hard, junk = junk + easy.
+    """
+    validate_gnd(gnd)
+    if protocol not in _PROTOCOL_FIELDS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    return _protocol_gnd(gnd, protocol)
+
+
+def _protocol_gnd(gnd: Sequence[Mapping[str, Any]], protocol: str) -> list[dict[str, np.ndarray]]:
+    ok_f, junk_f = _PROTOCOL_FIELDS[protocol]
+    return [{"ok": _ids(q, ok_f), "junk": _ids(q, junk_f)} for q in gnd]
+
+
+def _ids(q: Mapping[str, Any], fields: Sequence[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(q[f], dtype=np.int64).ravel() for f in fields])
+
+
+def average_precision(pos: np.ndarray, n_ok: int) -> float:
+    """Trapezoid-rule AP of sorted 0-based, junk-shifted positive positions ``pos`` out of ``n_ok`` positives.
+
+    The j-th retrieved positive at position r adds ``(j / r + (j + 1) / (r + 1)) / (2 n_ok)`` (``j / r := 1`` at
+    r = 0), as revisitop's ``compute_ap``; positives missing from ``pos`` add nothing but still count in ``n_ok``.
+    """
+    if pos.size == 0:
+        return 0.0
+    r = pos.astype(np.float64)
+    j = np.arange(pos.size, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        before = np.where(r == 0, 1.0, j / r)
+    after = (j + 1) / (r + 1)
+    # cumsum adds left to right like the official loop, keeping results bit-identical.
+    return float(np.cumsum((before + after) * (1.0 / n_ok) / 2.0)[-1])
+
+
+def precision_at_k(pos: np.ndarray, kappas: Sequence[int]) -> np.ndarray:
+    """revisitop's mP@k per query: ``|{p <= k'}| / k'`` with ``k' = min(max(p), k)``, p 1-based junk-shifted.
+
+    The divisor is truncated at the last retrieved positive, so it equals standard P@k only when a positive lies
+    beyond k. With no retrieved positive every value is 0 (the official code raises).
+    """
+    if pos.size == 0:
+        return np.zeros(len(kappas))
+    p1 = pos + 1
+    last = p1.max()
+    out = np.empty(len(kappas))
+    for i, k in enumerate(kappas):
+        kq = min(last, k)
+        out[i] = np.count_nonzero(p1 <= kq) / kq
+    return out
+
+
+def _shift_junk(pos: np.ndarray, junkpos: np.ndarray) -> np.ndarray:
+    """Remove junk from the ranking: each positive moves up by the number of junk positions before it."""
+    if junkpos.size == 0:
+        return pos
+    return pos - np.searchsorted(np.sort(junkpos), pos, side="left")
+
+
+def _query_metrics(pos: np.ndarray, junkpos: np.ndarray, n_ok: int, kappas: Sequence[int]) -> tuple[float, np.ndarray]:
+    """AP and P@k of one query from sorted raw positions of its positives and junk images."""
+    shifted = _shift_junk(np.sort(pos), junkpos)
+    return average_precision(shifted, n_ok), precision_at_k(shifted, kappas)
+
+
+def _summarise(aps: np.ndarray, prs: np.ndarray, n_kappas: int) -> tuple[float, np.ndarray]:
+    """Means over queries with positives (NaN rows excluded), sequential like the official accumulation."""
+    valid = ~np.isnan(aps)
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        warnings.warn("no query has a positive: mAP is undefined (NaN)", RuntimeWarning, stacklevel=3)
+        return float("nan"), np.full(n_kappas, np.nan)
+    mean_ap = 0.0
+    pr = np.zeros(n_kappas)
+    for i in np.flatnonzero(valid):
+        mean_ap += aps[i]
+        pr = pr + prs[i]
+    return mean_ap / n_valid, pr / n_valid
+
+
+def compute_map(
+    ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]], kappas: Sequence[int] = ()
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Drop-in for revisitop's ``compute_map``: mAP, per-query AP, mP@k and per-query P@k.
+
+    Args:
+        ranks: ``(n_db, n_queries)`` 0-based database indices, best first; may be truncated to the top rows.
+        gnd: one mapping per query with ``"ok"`` (positives) and an optional ``"junk"``.
+        kappas: the k of mP@k.
+
+    Returns:
+        ``(map, aps (n_queries,), pr (len(kappas),), prs (n_queries, len(kappas)))``; queries without positives
+        have NaN AP/P@k and are excluded from the means.
+    """
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 2:
+        raise ValueError(f"ranks must be 2-D (n_db, n_queries), got shape {ranks.shape}")
+    nq = len(gnd)
+    if ranks.shape[1] != nq:
+        raise ValueError(
+            f"ranks has {ranks.shape[1]} columns but gnd has {nq} queries; ranks is (n_db, n_queries) "
+            "as in revisitop (transpose a (n_queries, k) array)"
+        )
+    kappas = [int(k) for k in kappas]
+    aps = np.zeros(nq)
+    prs = np.zeros((nq, len(kappas)))
+    for i, q in enumerate(gnd):
+        if "ok" not in q:
+            raise ValueError(f"gnd[{i}] has no 'ok' field (keys: {sorted(q)})")
+        ok = np.asarray(q["ok"]).ravel()
+        if ok.size == 0:
+            aps[i] = np.nan
+            prs[i] = np.nan
+            continue
+        junk = np.asarray(q.get("junk", ())).ravel()
+        col = ranks[:, i]
+        pos = np.flatnonzero(np.isin(col, ok))
+        junkpos = np.flatnonzero(np.isin(col, junk))
+        # matched by value: duplicate ids in ``ok`` only inflate the divisor, as in the official code
+        aps[i], prs[i] = _query_metrics(pos, junkpos, ok.size, kappas)
+    mean_ap, pr = _summarise(aps, prs, len(kappas))
+    return mean_ap, aps, pr, prs
+
+
+def stable_positions(row: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """0-based positions of database ``items`` in ``np.argsort(-row, kind="stable")`` without sorting ``row``.
+
+    An item's position is the number of entries scoring strictly higher plus the number of equal-scoring entries
+    with a smaller index. Cost: one pass over ``row`` and a binary search over the item scores for every entry
+    scoring at least as high as the lowest item.
+    """
+    if items.size == 0:
+        return np.empty(0, dtype=np.int64)
+    s = row[items]
+    levels = np.unique(s)
+    cand = row[row >= levels[0]]
+    upto = np.searchsorted(levels, cand, side="right")  # levels <= each candidate
+    exact = levels[np.maximum(upto - 1, 0)] == cand
+    below = upto - exact  # levels < each candidate
+    # above[t] = #entries scoring > levels[t]; equal[t] = #entries scoring == levels[t]
+    above = cand.size - np.cumsum(np.bincount(below, minlength=levels.size + 1))[: levels.size]
+    equal = np.bincount(upto[exact] - 1, minlength=levels.size)
+    t = np.searchsorted(levels, s)
+    pos = above[t].astype(np.int64)
+    for lev in np.flatnonzero(equal > 1):
+        tied = np.flatnonzero(row == levels[lev])
+        mine = t == lev
+        pos[mine] += np.searchsorted(tied, items[mine])
+    return pos
+
+
+def validate_gnd(gnd: Sequence[Mapping[str, Any]], n_db: int | None = None) -> None:
+    """Raise ``ValueError`` naming the query and field unless ``gnd`` is a well-formed revisited ground truth.
+
+    Each query needs integer ``easy``/``hard``/``junk`` lists that are disjoint and duplicate-free, and, when
+    ``n_db`` is given, inside ``[0, n_db)``.
+    """
+    if isinstance(gnd, Mapping):
+        raise ValueError("gnd must be the per-query list (cfg['gnd'] of a revisitop pickle), not the whole dict")
+    for i, q in enumerate(gnd):
+        if not isinstance(q, Mapping):
+            raise ValueError(f"gnd[{i}] must be a mapping with fields {_GND_FIELDS}, got {type(q).__name__}")
+        missing = [f for f in _GND_FIELDS if f not in q]
+        if missing:
+            raise ValueError(f"gnd[{i}] lacks field(s) {missing}; each query needs {_GND_FIELDS}")
+        for f in _GND_FIELDS:
+            arr = np.asarray(q[f])
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"gnd[{i}][{f!r}] must hold integer database indices, got dtype {arr.dtype}")
+            if n_db is not None and arr.size and (arr.min() < 0 or arr.max() >= n_db):
+                raise ValueError(f"gnd[{i}][{f!r}] has indices outside [0, {n_db}) (min {arr.min()}, max {arr.max()})")
+        ids = _ids(q, _GND_FIELDS)
+        if np.unique(ids).size != ids.size:
+            raise ValueError(f"gnd[{i}]: easy/hard/junk must be disjoint and free of duplicates")
+
+
+def evaluate(
+    gnd: Sequence[Mapping[str, Any]],
+    *,
+    scores: np.ndarray | None = None,
+    ranks: np.ndarray | None = None,
+    kappas: Sequence[int] = (1, 5, 10),
+    protocols: Sequence[str] = PROTOCOLS,
+) -> dict[str, dict[str, Any]]:
+    """Revisited Easy/Medium/Hard metrics from a score matrix or a ranking.
+
+    Args:
+        gnd: the per-query list of a revisitop pickle (``{"easy", "hard", "junk", ...}`` per query).
+        scores: ``(n_queries, n_db)`` similarities, higher is better; ties rank by database index.
+            Positions are counted per positive and junk image; the database is never sorted.
+        ranks: ``(n_db, n_queries)`` or truncated ``(k, n_queries)`` 0-based database indices, best first.
+        kappas: the k of mP@k.
+        protocols: any of ``"easy"``, ``"medium"``, ``"hard"``.
+
+    Returns:
+        ``{protocol: {"map": float, "aps": (n_queries,), "mp@k": (len(kappas),), "p@k": (n_queries, len(kappas))}}``
+        as fractions; queries without positives are NaN and excluded from the means.
+    """
+    if (scores is None) == (ranks is None):
+        raise ValueError("pass exactly one of scores= or ranks=")
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {p!r}; expected one of {PROTOCOLS}")
+    kappas = [int(k) for k in kappas]
+    if any(k < 1 for k in kappas):
+        raise ValueError(f"kappas must be positive integers, got {kappas}")
+    nq = len(gnd)
+
+    if ranks is not None:
+        ranks = np.asarray(ranks)
+        if ranks.ndim != 2 or ranks.shape[1] != nq:
+            raise ValueError(
+                f"ranks must have shape (n_db or k, n_queries={nq}), got {ranks.shape}; "
+                "transpose a (n_queries, k) array such as faiss's I"
+            )
+        if not np.issubdtype(ranks.dtype, np.integer):
+            raise ValueError(f"ranks must hold integer database indices, got dtype {ranks.dtype}")
+        if ranks.size and ranks.min() < 0:
+            raise ValueError("ranks holds negative indices (faiss pads missing results with -1: drop them first)")
+        validate_gnd(gnd)
+        out = {}
+        for p in protocols:
+            m, aps, pr, prs = compute_map(ranks, _protocol_gnd(gnd, p), kappas)
+            out[p] = {"map": m, "aps": aps, "mp@k": pr, "p@k": prs}
+        return out
+
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[0] != nq:
+        raise ValueError(f"scores must have shape (n_queries={nq}, n_db), got {scores.shape}")
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    if np.isnan(scores).any():
+        bad = np.flatnonzero(np.isnan(scores).any(axis=1))
+        raise ValueError(f"scores contain NaN (queries {bad[:10].tolist()}{'...' if bad.size > 10 else ''})")
+    validate_gnd(gnd, n_db=scores.shape[1])
+
+    results = {p: (np.zeros(nq), np.zeros((nq, len(kappas)))) for p in protocols}
+    for i, q in enumerate(gnd):
+        fields = {f: _ids(q, (f,)) for f in _GND_FIELDS}
+        items = np.unique(np.concatenate(list(fields.values())))
+        where = stable_positions(scores[i], items)
+        position = {f: where[np.searchsorted(items, ids)] for f, ids in fields.items()}
+        for p in protocols:
+            aps, prs = results[p]
+            ok_f, junk_f = _PROTOCOL_FIELDS[p]
+            ok_pos = np.concatenate([position[f] for f in ok_f])
+            if ok_pos.size == 0:
+                aps[i], prs[i] = np.nan, np.nan
+                continue
+            junk_pos = np.concatenate([position[f] for f in junk_f])
+            aps[i], prs[i] = _query_metrics(ok_pos, junk_pos, ok_pos.size, kappas)
+    out = {}
+    for p, (aps, prs) in results.items():
+        m, pr = _summarise(aps, prs, len(kappas))
+        out[p] = {"map": m, "aps": aps, "mp@k": pr, "p@k": prs}
+    return out
