@@ -29,3 +29,25 @@ def oracle_cases() -> dict:
     """Outputs of the unmodified official revisitop ``compute_map`` (see its README)."""
     with open(shared_path("data", "oracle", "revisited_oracle_cases.pkl"), "rb") as f:
         return pickle.load(f)
+
+
+@pytest.fixture
+def tiny_revisited(tmp_path: Path) -> Path:
+    """A 6-image revisited-format folder (two queries, images of two sizes) written in the official layout."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tiny"
+    (root / "jpg").mkdir(parents=True)
+    names = [f"db_{i}" for i in range(6)]
+    for i, name in enumerate(names + ["q_0", "q_1"]):
+        w, h = (96, 64) if i % 2 else (64, 96)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "jpg" / f"{name}.jpg")
+    gnd = [
+        {"bbx": [4.5, 8.2, 60.5, 50.0], "easy": [0, 2], "hard": [4], "junk": [1]},
+        {"bbx": [0.0, 0.0, 96.0, 64.0], "easy": [1], "hard": [3, 5], "junk": []},
+    ]
+    with open(root / "gnd_tiny.pkl", "wb") as f:
+        pickle.dump({"imlist": names, "qimlist": ["q_0", "q_1"], "gnd": gnd}, f)
+    return root

@@ -18,8 +18,10 @@ default (unstable) argsort, so its tie order is unspecified.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -160,24 +162,38 @@ def compute_map(
     return mean_ap, aps, pr, prs
 
 
-def stable_positions(row: np.ndarray, items: np.ndarray) -> np.ndarray:
+def _bin_index(values: np.ndarray, low: np.ndarray, scale: np.ndarray, n_bins: int) -> np.ndarray:
+    """Monotone non-decreasing map of ``values >= low`` to bins ``0..n_bins-1`` (same arithmetic for every input)."""
+    return np.minimum((values - low) * scale, n_bins - 1).astype(np.int64)
+
+
+def stable_positions(row: np.ndarray, items: np.ndarray, n_bins: int = 1 << 14) -> np.ndarray:
     """0-based positions of database ``items`` in ``np.argsort(-row, kind="stable")`` without sorting ``row``.
 
     An item's position is the number of entries scoring strictly higher plus the number of equal-scoring entries
-    with a smaller index. Cost: one pass over ``row`` and a binary search over the item scores for every entry
-    scoring at least as high as the lowest item.
+    with a smaller index. Entries at least as high as the lowest item are counted into ``n_bins`` uniform bins
+    (a histogram); only the few entries sharing a bin with an item are compared with the item scores exactly.
+    Because the bin map is monotone, an entry in a higher bin than an item's always scores higher.
     """
     if items.size == 0:
         return np.empty(0, dtype=np.int64)
     s = row[items]
     levels = np.unique(s)
-    cand = row[row >= levels[0]]
-    upto = np.searchsorted(levels, cand, side="right")  # levels <= each candidate
-    exact = levels[np.maximum(upto - 1, 0)] == cand
-    below = upto - exact  # levels < each candidate
-    # above[t] = #entries scoring > levels[t]; equal[t] = #entries scoring == levels[t]
-    above = cand.size - np.cumsum(np.bincount(below, minlength=levels.size + 1))[: levels.size]
-    equal = np.bincount(upto[exact] - 1, minlength=levels.size)
+    low = levels[:1]
+    cand = row[row >= low[0]]
+    span = float(cand.max()) - float(low[0])
+    scale = np.array((n_bins - 1) / span if 0 < span < np.inf else 0.0, dtype=row.dtype)
+    bins = _bin_index(cand, low, scale, n_bins)
+    above_bin = cand.size - np.cumsum(np.bincount(bins, minlength=n_bins))  # entries in bins > b
+    level_bins = _bin_index(levels, low, scale, n_bins)
+    shared = np.zeros(n_bins, dtype=bool)
+    shared[level_bins] = True
+    near = np.sort(cand[shared[bins]])  # entries sharing a bin with some level, ascending
+    near_bins = _bin_index(near, low, scale, n_bins)
+    gt_near = np.searchsorted(near, levels, side="right")  # near entries <= level
+    # entries > level = entries in higher bins + near entries in the level's bin that exceed it
+    above = above_bin[level_bins] + np.searchsorted(near_bins, level_bins, side="right") - gt_near
+    equal = gt_near - np.searchsorted(near, levels, side="left")
     t = np.searchsorted(levels, s)
     pos = above[t].astype(np.int64)
     for lev in np.flatnonzero(equal > 1):
@@ -267,17 +283,22 @@ def evaluate(
         raise ValueError(f"scores must have shape (n_queries={nq}, n_db), got {scores.shape}")
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)
-    if np.isnan(scores).any():
-        bad = np.flatnonzero(np.isnan(scores).any(axis=1))
-        raise ValueError(f"scores contain NaN (queries {bad[:10].tolist()}{'...' if bad.size > 10 else ''})")
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+        raise ValueError(f"scores contain NaN or inf (queries {bad[:10].tolist()}{'...' if bad.size > 10 else ''})")
     validate_gnd(gnd, n_db=scores.shape[1])
 
-    results = {p: (np.zeros(nq), np.zeros((nq, len(kappas)))) for p in protocols}
-    for i, q in enumerate(gnd):
-        fields = {f: _ids(q, (f,)) for f in _GND_FIELDS}
+    def field_positions(i: int) -> dict[str, np.ndarray]:
+        fields = {f: _ids(gnd[i], (f,)) for f in _GND_FIELDS}
         items = np.unique(np.concatenate(list(fields.values())))
         where = stable_positions(scores[i], items)
-        position = {f: where[np.searchsorted(items, ids)] for f, ids in fields.items()}
+        return {f: where[np.searchsorted(items, ids)] for f, ids in fields.items()}
+
+    # numpy releases the GIL in the per-query passes over the database, so queries run in parallel threads
+    with ThreadPoolExecutor(max_workers=min(nq, os.cpu_count() or 1, 8) or 1) as pool:
+        positions = list(pool.map(field_positions, range(nq)))
+    results = {p: (np.zeros(nq), np.zeros((nq, len(kappas)))) for p in protocols}
+    for i, position in enumerate(positions):
         for p in protocols:
             aps, prs = results[p]
             ok_f, junk_f = _PROTOCOL_FIELDS[p]

@@ -167,15 +167,24 @@ def test_score_path_equals_stable_argsort_path(problem):
         np.testing.assert_array_equal(a[p]["map"], b[p]["map"])
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(-3, 3), min_size=1, max_size=60), st.data())
-def test_stable_positions_equal_argsort_positions(values, data):
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.integers(-3, 3), min_size=1, max_size=60),
+        st.lists(
+            st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False), min_size=1, max_size=60
+        ),
+    ),
+    st.sampled_from([1, 2, 7, 1 << 14]),
+    st.data(),
+)
+def test_stable_positions_equal_argsort_positions(values, n_bins, data):
     row = np.array(values, dtype=np.float32)
     items = np.array(sorted(data.draw(st.sets(st.integers(0, row.size - 1), min_size=1))))
     order = np.argsort(-row, kind="stable")
     where = np.empty_like(order)
     where[order] = np.arange(row.size)
-    np.testing.assert_array_equal(stable_positions(row, items), where[items])
+    np.testing.assert_array_equal(stable_positions(row, items, n_bins=n_bins), where[items])
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,0 +1,46 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the whole suite).
+# Both create .venv on first use; later runs reinstall only when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN    := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+PM     := $(BIN)/papermill --cwd notebooks --log-level WARNING notebooks/03_evaluation.ipynb
+
+.PHONY: venv demo test lab bench strip clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## make demo: demo data (once), then the offline-pretrained and a random-init GeM/EfficientNet-Lite0 evaluated
+## through notebook 03 with papermill into runs/demo-<timestamp>/, printed side by side.
+demo: $(STAMP)
+	$(BIN)/python -m irlib make-demo-data --out data/demo
+	$(PM) $(RUN)/pretrained/03_evaluation.ipynb -p pretrained True -p out_dir ../$(RUN)/pretrained
+	$(PM) $(RUN)/random-init/03_evaluation.ipynb -p pretrained False -p out_dir ../$(RUN)/random-init
+	$(BIN)/python -m irlib summarize $(RUN)
+
+## make test: unit and integration tests, then every notebook executed with its default parameters (nbval).
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --nbval --nbval-current-env notebooks
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_evaluator.py
+	$(BIN)/python benchmarks/bench_extract.py
+
+## make strip: remove outputs from notebooks before committing (cell tags are kept).
+strip: $(STAMP)
+	$(BIN)/nbstripout notebooks/*.ipynb
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,133 @@
+"""Command line: ``python -m irlib <command>`` (``eval``, ``make-demo-data``, ``summarize``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from irlib.data.revisited import CROP_MODES
+
+
+def _scale(text: str) -> float:
+    """A scale such as ``0.7071``, ``1``, ``sqrt2`` or ``1/sqrt2``."""
+    table = {"sqrt2": math.sqrt(2), "1/sqrt2": 1 / math.sqrt(2)}
+    try:
+        return table[text] if text in table else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a scale: {text!r} (a number, sqrt2 or 1/sqrt2)") from None
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on a revisited-format dataset (Easy/Medium/Hard)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dataset-dir", type=Path, help="folder with gnd_<name>.pkl and jpg/")
+    where.add_argument("--data-root", type=Path, help="folder holding <dataset>/ (with --dataset)")
+    p.add_argument("--dataset", help="dataset name under --data-root, e.g. roxford5k")
+    p.add_argument("--method", default="gem", help="model method (see irlib.models.list_models())")
+    p.add_argument("--backbone", default="resnet50", help="timm backbone name")
+    p.add_argument("--pretrained", action="store_true", help="start from the backbone's pretrained weights")
+    p.add_argument("--weights", type=Path, help="local state dict of the model or its backbone")
+    p.add_argument("--image-size", type=int, default=1024, help="longest image side (images are only shrunk)")
+    p.add_argument(
+        "--scales", type=_scale, nargs="+", default=None, help="multi-scale factors (default 1/sqrt2 1 sqrt2)"
+    )
+    p.add_argument("--no-crop", action="store_true", help="do not crop queries to their box")
+    p.add_argument("--crop-mode", choices=CROP_MODES, default="round", help="box rounding (revisitop: round)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward pass (default: 1 on CPU, 16 on GPU)"
+    )
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes")
+    p.add_argument("--fp16", action="store_true", help="store descriptors as float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--cache-dir", type=Path, help="reuse descriptors extracted before with the same settings")
+    p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json and per_query.csv")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from irlib.data.revisited import RevisitedDataset
+    from irlib.eval.extract import DEFAULT_SCALES, ExtractConfig
+    from irlib.eval.pipeline import evaluate_model, prepare_out_dir, save_result, summary_table
+    from irlib.models import create_model
+
+    if args.data_root is not None and not args.dataset:
+        raise SystemExit("irlib eval: --data-root needs --dataset NAME")
+    dataset = (
+        RevisitedDataset.from_dir(args.dataset_dir, args.dataset)
+        if args.dataset_dir is not None
+        else RevisitedDataset.from_root(args.data_root, args.dataset)
+    )
+    cfg = ExtractConfig(
+        image_size=args.image_size,
+        scales=tuple(args.scales) if args.scales else DEFAULT_SCALES,
+        crop_queries=not args.no_crop,
+        crop_mode=args.crop_mode,
+        fp16=args.fp16,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+    )
+    out = prepare_out_dir(args.out, force=args.force)
+    model = create_model(args.method, backbone=args.backbone, pretrained=args.pretrained, weights=args.weights)
+    result = evaluate_model(model, dataset, cfg, cache_dir=args.cache_dir)
+    save_result(result, out)
+    print(summary_table({f"{args.method}/{args.backbone}": result.metrics}).round(2).to_string())
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-demo-data", help="generate the embedded demo dataset (deterministic)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write demo/ and train/ into")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="regenerate even if the same data exists")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from irlib.data.synthetic import DemoConfig, make_demo_data
+
+    path = make_demo_data(args.out, DemoConfig(seed=args.seed), force=args.force)
+    print(f"demo data ready in {path}")
+    return 0
+
+
+def _add_summarize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summarize", help="print the metrics.json files under folders side by side")
+    p.add_argument("runs", type=Path, nargs="+", help="run folders (searched recursively for metrics.json)")
+
+
+def _run_summarize(args: argparse.Namespace) -> int:
+    from irlib.eval.pipeline import summary_table
+
+    runs = {}
+    for root in args.runs:
+        for path in sorted([root] if root.is_file() else root.rglob("metrics.json")):
+            runs[str(path.parent)] = json.loads(path.read_text())
+    if not runs:
+        raise SystemExit(f"irlib summarize: no metrics.json under {', '.join(map(str, args.runs))}")
+    print(summary_table(runs).round(2).to_string())
+    return 0
+
+
+_COMMANDS = {"eval": _run_eval, "make-demo-data": _run_demo, "summarize": _run_summarize}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="irlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_eval, _add_demo, _add_summarize):
+        add(sub)
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as err:
+        print(f"irlib {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

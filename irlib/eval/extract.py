@@ -1,0 +1,280 @@
+"""Multi-scale global descriptors for image lists and revisited datasets, with an on-disk cache.
+
+Preprocessing follows cirtorch's test code (Radenović et al., TPAMI 2018): images are shrunk (never enlarged) so
+their longer side is at most ``image_size``; a query is cropped to its box first and shrunk by the factor of its
+full image, so the crop keeps the scale it has in the resized full image; the normalised tensor is resized by each
+scale (bilinear), each scale's descriptor is L2-normalised, the scales are averaged and the mean L2-normalised.
+Images of equal size are batched together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from irlib.data.images import load_image
+from irlib.data.revisited import CROP_MODES, RevisitedDataset, crop_query
+from irlib.io import save_npy, write_json
+
+DEFAULT_SCALES: tuple[float, ...] = (1 / math.sqrt(2), 1.0, math.sqrt(2))
+_RESAMPLE = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+}
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Extraction settings; every field that changes the descriptors is recorded with results and cache keys.
+
+    Attributes:
+        image_size: longest image side before multi-scale (images are shrunk, never enlarged).
+        scales: resize factors of the multi-scale pyramid.
+        crop_queries: crop queries to their box (the revisited protocol does).
+        crop_mode: ``"round"`` (revisitop, Pillow) or ``"trunc"`` (CVNet/SuperGlobal).
+        interpolation: PIL filter of the max-side resize.
+        fp16: store descriptors as float16 (computed in float32).
+        batch_size: images of equal size per forward pass; ``None``: 1 on CPU (larger CPU batches measured
+            slower, see ``benchmarks/README.md``), 16 on GPU.
+        num_workers: DataLoader processes decoding images.
+        channels_last: run convolutions in NHWC memory format (about 1.5x faster on CPU with oneDNN).
+        device: ``"cpu"``, ``"cuda"`` ... ; ``None`` picks CUDA when available.
+    """
+
+    image_size: int = 1024
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    crop_queries: bool = True
+    crop_mode: str = "round"
+    interpolation: str = "lanczos"
+    fp16: bool = False
+    batch_size: int | None = None
+    num_workers: int = 0
+    channels_last: bool = True
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be at least 16, got {self.image_size}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive, got {self.scales}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation must be one of {tuple(_RESAMPLE)}, got {self.interpolation!r}")
+        if (self.batch_size is not None and self.batch_size < 1) or self.num_workers < 0:
+            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+
+    def settings(self) -> dict[str, Any]:
+        """The fields that determine the descriptors (not speed knobs), JSON-ready."""
+        d = asdict(self)
+        for speed_only in ("batch_size", "num_workers", "channels_last", "device"):
+            d.pop(speed_only)
+        d["scales"] = list(self.scales)
+        return d
+
+    def resolved_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def resolved_batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 1 if self.resolved_device().type == "cpu" else 16
+
+
+class _Images(Dataset):
+    """Decoded, cropped, shrunk and normalised images: item ``i`` is ``(i, (3, h, w) float tensor)``."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        boxes: Sequence[Sequence[float] | None] | None,
+        cfg: ExtractConfig,
+        mean: Sequence[float],
+        std: Sequence[float],
+        dataset: str | None,
+    ) -> None:
+        self.paths, self.boxes, self.cfg, self.dataset = list(paths), boxes, cfg, dataset
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        img = load_image(self.paths[i], dataset=self.dataset)
+        factor = min(1.0, self.cfg.image_size / max(img.size))
+        box = self.boxes[i] if self.boxes is not None else None
+        if box is not None:
+            img = crop_query(img, box, self.cfg.crop_mode)  # type: ignore[arg-type]
+        if factor < 1.0:
+            size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+            img = img.resize(size, _RESAMPLE[self.cfg.interpolation])
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return i, (x - self.mean) / self.std
+
+
+def _same_size_batches(
+    items: Iterator[tuple[int, torch.Tensor]], batch_size: int
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Regroup a stream of images into batches of equal size; a bounded number wait for partners."""
+    pending: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    n_pending = 0
+    for i, x in items:
+        group = pending.setdefault(tuple(x.shape), [])
+        group.append((i, x))
+        n_pending += 1
+        if len(group) == batch_size or n_pending >= 4 * batch_size:
+            shape = tuple(x.shape) if len(group) == batch_size else max(pending, key=lambda s: len(pending[s]))
+            ready = pending.pop(shape)
+            n_pending -= len(ready)
+            yield [j for j, _ in ready], torch.stack([t for _, t in ready])
+    for ready in pending.values():
+        yield [j for j, _ in ready], torch.stack([t for _, t in ready])
+
+
+def multiscale_descriptor(
+    model: nn.Module,
+    x: torch.Tensor,
+    scales: Sequence[float],
+    memory_format: torch.memory_format = torch.preserve_format,
+) -> torch.Tensor:
+    """``(B, 3, H, W)`` normalised images -> ``(B, D)`` L2-normalised mean of per-scale L2-normalised descriptors."""
+    total = None
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        d = F.normalize(model(xs.contiguous(memory_format=memory_format)), dim=-1)
+        total = d if total is None else total + d
+    return F.normalize(total, dim=-1)
+
+
+@torch.inference_mode()
+def extract_descriptors(
+    model: nn.Module,
+    paths: Sequence[str | os.PathLike],
+    *,
+    boxes: Sequence[Sequence[float] | None] | None = None,
+    cfg: ExtractConfig = ExtractConfig(),
+    dataset: str | None = None,
+    desc: str = "extract",
+    progress: bool = True,
+) -> np.ndarray:
+    """Descriptors ``(len(paths), D)`` (float32, or float16 with ``cfg.fp16``) of images, cropped to ``boxes``.
+
+    The model maps ``(B, 3, H, W)`` images normalised with ``model.data_config`` (``mean``/``std``, RGB) to
+    ``(B, D)`` descriptors, ``D = model.feat_dim``.
+    """
+    if boxes is not None and len(boxes) != len(paths):
+        raise ValueError(f"{len(boxes)} boxes for {len(paths)} images")
+    data_config = model.data_config
+    device = cfg.resolved_device()
+    was_training = model.training
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.eval().to(device, memory_format=memory_format)
+    images = _Images([Path(p) for p in paths], boxes, cfg, data_config["mean"], data_config["std"], dataset)
+    loader = DataLoader(images, batch_size=None, num_workers=cfg.num_workers)
+    out = np.empty((len(paths), model.feat_dim), dtype=np.float16 if cfg.fp16 else np.float32)
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        for idx, x in _same_size_batches(iter(loader), cfg.resolved_batch_size()):
+            out[idx] = multiscale_descriptor(model, x.to(device), cfg.scales, memory_format).float().cpu().numpy()
+            bar.update(len(idx))
+    model.train(was_training)
+    return out
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the model's class, parameter and buffer names and bytes: the identity of its weights."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _images_fingerprint(paths: Sequence[Path], boxes: Sequence[Sequence[float] | None] | None) -> str:
+    h = hashlib.sha256()
+    for i, p in enumerate(paths):
+        st = p.stat() if p.exists() else None
+        h.update(f"{p.resolve()}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}|".encode())
+        if boxes is not None:
+            h.update(repr(boxes[i]).encode())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Descriptors on disk under ``root/<key>.npy`` with ``<key>.json`` describing them.
+
+    The key hashes the model weights, the descriptor-defining settings and the images (path, size, mtime, box), so
+    changing any of them extracts anew.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(
+        weights: str, paths: Sequence[Path], boxes: Sequence[Sequence[float] | None] | None, cfg: ExtractConfig
+    ) -> str:
+        """Cache key of descriptors from weights ``model_fingerprint(model)`` of ``paths`` with ``boxes``."""
+        parts = {"model": weights, "settings": cfg.settings(), "images": _images_fingerprint(paths, boxes)}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def load(self, key: str) -> np.ndarray | None:
+        path = self.root / f"{key}.npy"
+        return np.load(path) if path.is_file() else None
+
+    def save(self, key: str, array: np.ndarray, meta: dict[str, Any]) -> None:
+        save_npy(self.root / f"{key}.npy", array)
+        write_json(self.root / f"{key}.json", meta)
+
+
+def extract_revisited(
+    model: nn.Module,
+    dataset: RevisitedDataset,
+    cfg: ExtractConfig = ExtractConfig(),
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Query and database descriptors ``(n_queries, D)``, ``(n_db, D)`` of a revisited dataset.
+
+    Queries are cropped to their box unless ``cfg.crop_queries`` is off. With ``cache_dir``, descriptors computed
+    before with the same weights, settings and image files are read back instead of extracted.
+    """
+    boxes = dataset.bbx.tolist() if cfg.crop_queries else None
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
+    weights = model_fingerprint(model) if cache else ""
+    parts = []
+    for name, paths, part_boxes in (("queries", dataset.query_paths, boxes), ("database", dataset.db_paths, None)):
+        key = cache.key(weights, paths, part_boxes, cfg) if cache else None
+        feats = cache.load(key) if cache else None
+        if feats is None:
+            feats = extract_descriptors(
+                model,
+                paths,
+                boxes=part_boxes,
+                cfg=cfg,
+                dataset=dataset.name,
+                desc=f"{dataset.name} {name}",
+                progress=progress,
+            )
+            if cache:
+                meta = {"dataset": dataset.name, "part": name, "n": len(paths), "settings": cfg.settings()}
+                cache.save(key, feats, meta | {"model": getattr(model, "config", {})})
+        parts.append(feats)
+    return parts[0], parts[1]

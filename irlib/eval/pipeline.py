@@ -1,0 +1,123 @@
+"""One evaluation run on a revisited dataset: extract, score, Easy/Medium/Hard metrics, ``metrics.json``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+import irlib
+from irlib.data.revisited import RevisitedDataset
+from irlib.eval.extract import ExtractConfig, extract_revisited
+from irlib.eval.revisited import PROTOCOLS, evaluate
+from irlib.eval.search import similarity
+from irlib.io import atomic_path, write_json
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation produced.
+
+    Attributes:
+        metrics: the content of ``metrics.json`` (mAP and mP@k in percent, settings).
+        per_query: AP in percent per query (rows, by query name) and protocol (columns); NaN = no positive.
+        queries: query descriptors ``(n_queries, D)``.
+        database: database descriptors ``(n_db, D)``.
+        scores: ``(n_queries, n_db)`` similarities used for ranking.
+    """
+
+    metrics: dict[str, Any]
+    per_query: pd.DataFrame
+    queries: np.ndarray
+    database: np.ndarray
+    scores: np.ndarray
+
+
+def evaluate_model(
+    model: nn.Module,
+    dataset: RevisitedDataset,
+    cfg: ExtractConfig = ExtractConfig(),
+    *,
+    kappas: Sequence[int] = (1, 5, 10),
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Extract descriptors with ``model``, rank the database by inner product and compute E/M/H metrics."""
+    t0 = time.perf_counter()
+    q, x = extract_revisited(model, dataset, cfg, cache_dir=cache_dir, progress=progress)
+    t1 = time.perf_counter()
+    scores = similarity(q, x)
+    res = evaluate(dataset.gnd, scores=scores, kappas=kappas)
+    t2 = time.perf_counter()
+    model_config = dict(getattr(model, "config", {}))
+    metrics: dict[str, Any] = {
+        "dataset": dataset.name,
+        "method": model_config.get("method", type(model).__name__),
+        "backbone": model_config.get("backbone"),
+        "settings": {
+            **cfg.settings(),
+            "model": model_config,
+            "normalization": dict(model.data_config),
+            "kappas": list(kappas),
+            "n_queries": dataset.n_queries,
+            "n_db": dataset.n_db,
+            "dataset_dir": str(dataset.root),
+            "device": str(cfg.resolved_device()),
+            "versions": {"irlib": irlib.__version__, "torch": torch.__version__, "python": platform.python_version()},
+            "seconds": {"extract": round(t1 - t0, 3), "search_and_metrics": round(t2 - t1, 3)},
+        },
+    }
+    for p in PROTOCOLS:
+        metrics[p] = {
+            "map": _percent(res[p]["map"]),
+            "mp@k": {str(k): _percent(v) for k, v in zip(kappas, res[p]["mp@k"], strict=True)},
+        }
+    per_query = pd.DataFrame({p: res[p]["aps"] * 100 for p in PROTOCOLS}, index=pd.Index(dataset.qimlist, name="query"))
+    return EvalResult(metrics, per_query, q, x, scores)
+
+
+def _percent(v: float) -> float | None:
+    """Fraction -> percent rounded to 4 decimals; NaN (no query with positives) -> None (JSON null)."""
+    return None if np.isnan(v) else round(float(v) * 100, 4)
+
+
+def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """Create the run folder; refuse an existing non-empty one unless ``force``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"output folder {out} exists and is not empty; choose another or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_result(result: EvalResult, out: str | os.PathLike) -> None:
+    """Write ``metrics.json`` and ``per_query.csv`` into ``out`` (atomically)."""
+    out = Path(out)
+    write_json(out / "metrics.json", result.metrics)
+    with atomic_path(out / "per_query.csv") as tmp:
+        result.per_query.to_csv(tmp, float_format="%.4f")
+
+
+def summary_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per run (name -> metrics.json content): mAP and mP@k per protocol, in percent."""
+    rows = {}
+    for name, m in runs.items():
+        row: dict[tuple[str, str], Any] = {}
+        for p in PROTOCOLS:
+            if p in m:
+                row[(p, "mAP")] = m[p]["map"]
+                for k, v in m[p]["mp@k"].items():
+                    row[(p, f"mP@{k}")] = v
+        rows[name] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table

@@ -1,0 +1,125 @@
+"""Multi-scale extraction: preprocessing rules, batching equivalence, caching, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from irlib.data.images import ImageLoadError
+from irlib.data.revisited import RevisitedDataset
+from irlib.eval.extract import ExtractConfig, _Images, extract_descriptors, extract_revisited, multiscale_descriptor
+from irlib.models import create_model
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("gem", backbone="efficientnet_lite0")
+
+
+def test_images_are_shrunk_never_enlarged_and_queries_keep_the_full_image_scale(tiny_revisited):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    small = _Images(ds.db_paths[:2], None, ExtractConfig(image_size=48), mean, std, ds.name)
+    assert small[0][1].shape == (3, 48, 32) and small[1][1].shape == (3, 32, 48)
+    large = _Images(ds.db_paths[:1], None, ExtractConfig(image_size=500), mean, std, ds.name)
+    assert large[0][1].shape == (3, 96, 64)
+    # query 0: box [4.5, 8.2, 60.5, 50.0] rounds to a 56 x 42 crop of a 96 x 64 image; factor 48/96 = 0.5
+    queries = _Images(ds.query_paths[:1], [ds.gnd[0]["bbx"]], ExtractConfig(image_size=48), mean, std, ds.name)
+    assert queries[0][1].shape == (3, 21, 28)
+
+
+def test_normalisation_uses_the_model_statistics(tiny_revisited):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    _, x = _Images(ds.db_paths[:1], None, ExtractConfig(image_size=500), (0.5,) * 3, (0.25,) * 3, ds.name)[0]
+    raw = np.asarray(Image.open(ds.db_paths[0]).convert("RGB"), dtype=np.float32) / 255
+    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), (raw - 0.5) / 0.25, atol=1e-6)
+
+
+def test_multiscale_descriptor_is_the_normalised_mean_of_normalised_scales(model):
+    x = torch.randn(2, 3, 64, 64)
+    scales = (1 / math.sqrt(2), 1.0, math.sqrt(2))
+    with torch.inference_mode():
+        got = multiscale_descriptor(model.eval(), x, scales)
+        parts = [
+            torch.nn.functional.normalize(
+                model(torch.nn.functional.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)),
+                dim=-1,
+            )
+            for s in scales
+        ]
+    expected = torch.nn.functional.normalize(sum(parts), dim=-1)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got.norm(dim=-1), torch.ones(2))
+
+
+def test_batching_and_workers_do_not_change_descriptors(tiny_revisited, model):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    one = extract_descriptors(model, ds.db_paths, cfg=ExtractConfig(image_size=64, batch_size=1), progress=False)
+    many = extract_descriptors(
+        model, ds.db_paths, cfg=ExtractConfig(image_size=64, batch_size=4, num_workers=2), progress=False
+    )
+    assert one.shape == (6, model.feat_dim) and one.dtype == np.float32
+    np.testing.assert_allclose(many, one, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(one, axis=1), 1, atol=1e-5)
+
+
+def test_fp16_storage(tiny_revisited, model):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    cfg = ExtractConfig(image_size=64, scales=(1.0,), fp16=True)
+    assert extract_descriptors(model, ds.db_paths[:2], cfg=cfg, progress=False).dtype == np.float16
+
+
+def test_cache_returns_the_same_descriptors_without_running_the_model(tiny_revisited, model, tmp_path, monkeypatch):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    cfg = ExtractConfig(image_size=64, scales=(1.0,))
+    q, x = extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model ran although the descriptors were cached")
+
+    monkeypatch.setattr("irlib.eval.extract.extract_descriptors", fail)
+    q2, x2 = extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(q, q2)
+    np.testing.assert_array_equal(x, x2)
+    with pytest.raises(AssertionError, match="cached"):  # other settings -> another key
+        extract_revisited(model, ds, ExtractConfig(image_size=48, scales=(1.0,)), cache_dir=tmp_path / "cache")
+    with torch.no_grad():
+        model.pool.p.fill_(4.0)  # other weights -> another key
+    try:
+        with pytest.raises(AssertionError, match="cached"):
+            extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache")
+    finally:
+        with torch.no_grad():
+            model.pool.p.fill_(3.0)
+
+
+def test_uncropped_queries_differ_from_cropped(tiny_revisited, model):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    cropped, _ = extract_revisited(model, ds, ExtractConfig(image_size=64, scales=(1.0,)), progress=False)
+    full, _ = extract_revisited(
+        model, ds, ExtractConfig(image_size=64, scales=(1.0,), crop_queries=False), progress=False
+    )
+    assert not np.allclose(cropped[0], full[0])
+    np.testing.assert_allclose(cropped[1], full[1], atol=1e-5)  # query 1's box is the whole image
+
+
+def test_a_missing_image_names_file_and_dataset(tiny_revisited, model):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    ds.db_paths[3].unlink()
+    with pytest.raises(ImageLoadError, match=r"db_3\.jpg of dataset 'tiny' does not exist"):
+        extract_revisited(model, ds, ExtractConfig(image_size=64, scales=(1.0,)), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"scales": ()}, "scales"), ({"crop_mode": "floor"}, "crop_mode"), ({"image_size": 4}, "image_size")],
+)
+def test_bad_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExtractConfig(**kwargs)
