@@ -22,6 +22,7 @@ venv: $(STAMP)
 ## through notebook 03 with papermill into runs/demo-<timestamp>/, printed side by side.
 demo: $(STAMP)
 	$(BIN)/python -m irlib make-demo-data --out data/demo
+	@mkdir -p $(RUN)/pretrained $(RUN)/random-init
 	$(PM) $(RUN)/pretrained/03_evaluation.ipynb -p pretrained True -p out_dir ../$(RUN)/pretrained
 	$(PM) $(RUN)/random-init/03_evaluation.ipynb -p pretrained False -p out_dir ../$(RUN)/random-init
 	$(BIN)/python -m irlib summarize $(RUN)

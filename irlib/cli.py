@@ -71,8 +71,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
     )
-    out = prepare_out_dir(args.out, force=args.force)
     model = create_model(args.method, backbone=args.backbone, pretrained=args.pretrained, weights=args.weights)
+    out = prepare_out_dir(args.out, force=args.force)
     result = evaluate_model(model, dataset, cfg, cache_dir=args.cache_dir)
     save_result(result, out)
     print(summary_table({f"{args.method}/{args.backbone}": result.metrics}).round(2).to_string())

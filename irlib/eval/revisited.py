@@ -283,9 +283,9 @@ def evaluate(
         raise ValueError(f"scores must have shape (n_queries={nq}, n_db), got {scores.shape}")
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)
-    if not np.isfinite(scores).all():
-        bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
-        raise ValueError(f"scores contain NaN or inf (queries {bad[:10].tolist()}{'...' if bad.size > 10 else ''})")
+    bad = [i for i in range(nq) if not np.isfinite(scores[i]).all()]  # row by row: no (nq, n_db) temporary
+    if bad:
+        raise ValueError(f"scores contain NaN or inf (queries {bad[:10]}{'...' if len(bad) > 10 else ''})")
     validate_gnd(gnd, n_db=scores.shape[1])
 
     def field_positions(i: int) -> dict[str, np.ndarray]:

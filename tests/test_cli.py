@@ -1,0 +1,78 @@
+"""``python -m irlib``: eval writes metrics.json in the documented format, refuses to overwrite, names bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from irlib.cli import main
+
+
+def _eval(args: list[str]) -> int:
+    return main(["eval", "--backbone", "efficientnet_lite0", "--image-size", "64", "--scales", "1", *args])
+
+
+def test_eval_writes_metrics_in_percent_with_settings(tiny_revisited, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(out), "--crop-mode", "trunc"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"dataset", "method", "backbone", "settings", "easy", "medium", "hard"} <= metrics.keys()
+    assert (metrics["dataset"], metrics["method"], metrics["backbone"]) == ("tiny", "gem", "efficientnet_lite0")
+    for p in ("easy", "medium", "hard"):
+        assert 0 <= metrics[p]["map"] <= 100 and set(metrics[p]["mp@k"]) == {"1", "5", "10"}
+    s = metrics["settings"]
+    assert (s["image_size"], s["scales"], s["crop_mode"], s["crop_queries"]) == (64, [1.0], "trunc", True)
+    assert s["model"]["pretrained"] is False and s["n_queries"] == 2 and s["n_db"] == 6
+    assert (out / "per_query.csv").read_text().splitlines()[0] == "query,easy,medium,hard"
+    assert "medium" in capsys.readouterr().out
+
+
+def test_eval_refuses_an_existing_output_unless_forced(tiny_revisited, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(out)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err and not (out / "metrics.json").exists()
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(out), "--force"]) == 0
+    assert (out / "metrics.json").exists() and (out / "keep.txt").exists()
+
+
+def test_data_root_and_dataset_name(tiny_revisited, tmp_path):
+    out = tmp_path / "run"
+    assert _eval(["--data-root", str(tiny_revisited.parent), "--dataset", "tiny", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nomethod"], "Available methods: gem"),
+        (["--backbone", "resnet5O"], "Did you mean"),
+    ],
+)
+def test_unknown_method_or_backbone_lists_the_choices(tiny_revisited, tmp_path, capsys, args, message):
+    assert main(["eval", "--dataset-dir", str(tiny_revisited), "--out", str(tmp_path / "o"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_dataset_folder_is_named(tmp_path, capsys):
+    assert _eval(["--dataset-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing does not exist" in capsys.readouterr().err
+
+
+def test_summarize_prints_runs_side_by_side(tiny_revisited, tmp_path, capsys):
+    for name in ("a", "b"):
+        _eval(["--dataset-dir", str(tiny_revisited), "--out", str(tmp_path / "runs" / name)])
+    capsys.readouterr()
+    assert main(["summarize", str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(str(tmp_path / "runs" / "a")) for line in lines)
+    assert any(line.startswith(str(tmp_path / "runs" / "b")) for line in lines)
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "irlib", "--help"], capture_output=True, text=True, check=True)
+    assert "make-demo-data" in done.stdout and "eval" in done.stdout
