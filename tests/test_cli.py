@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from irlib.cli import main
+from irlib.io import sha256_file
 
 
 def _eval(args: list[str]) -> int:
@@ -26,6 +27,7 @@ def test_eval_writes_metrics_in_percent_with_settings(tiny_revisited, tmp_path, 
     s = metrics["settings"]
     assert (s["image_size"], s["scales"], s["crop_mode"], s["crop_queries"]) == (64, [1.0], "trunc", True)
     assert s["model"]["pretrained"] is False and s["n_queries"] == 2 and s["n_db"] == 6
+    assert s["gnd_sha256"] == sha256_file(tiny_revisited / "gnd_tiny.pkl") and s["weights_sha256"] is None
     assert (out / "per_query.csv").read_text().splitlines()[0] == "query,easy,medium,hard"
     assert "medium" in capsys.readouterr().out
 
@@ -76,3 +78,16 @@ def test_summarize_prints_runs_side_by_side(tiny_revisited, tmp_path, capsys):
 def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "irlib", "--help"], capture_output=True, text=True, check=True)
     assert "make-demo-data" in done.stdout and "eval" in done.stdout
+
+
+def test_eval_with_local_weights_records_their_checksum(tiny_revisited, tmp_path):
+    import torch
+
+    from irlib.models import create_model
+
+    path = tmp_path / "weights.pth"
+    torch.save(create_model("gem", backbone="efficientnet_lite0").state_dict(), path)
+    out = tmp_path / "run"
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--weights", str(path), "--out", str(out)]) == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["weights_sha256"] == sha256_file(path) and settings["model"]["weights"] == str(path)

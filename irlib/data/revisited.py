@@ -85,6 +85,10 @@ class RevisitedDataset:
         return cls.from_dir(Path(data_root) / name, name)
 
     @property
+    def gnd_path(self) -> Path:
+        return self.root / f"gnd_{self.name}.pkl"
+
+    @property
     def n_db(self) -> int:
         return len(self.imlist)
 

@@ -20,7 +20,7 @@ from irlib.data.revisited import RevisitedDataset
 from irlib.eval.extract import ExtractConfig, extract_revisited
 from irlib.eval.revisited import PROTOCOLS, evaluate
 from irlib.eval.search import similarity
-from irlib.io import atomic_path, write_json
+from irlib.io import atomic_path, sha256_file, write_json
 
 
 @dataclass
@@ -71,6 +71,8 @@ def evaluate_model(
             "n_queries": dataset.n_queries,
             "n_db": dataset.n_db,
             "dataset_dir": str(dataset.root),
+            "gnd_sha256": sha256_file(dataset.gnd_path),
+            "weights_sha256": sha256_file(model_config["weights"]) if model_config.get("weights") else None,
             "device": str(cfg.resolved_device()),
             "versions": {"irlib": irlib.__version__, "torch": torch.__version__, "python": platform.python_version()},
             "seconds": {"extract": round(t1 - t0, 3), "search_and_metrics": round(t2 - t1, 3)},
