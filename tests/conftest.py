@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,3 +52,25 @@ def tiny_revisited(tmp_path: Path) -> Path:
     with open(root / "gnd_tiny.pkl", "wb") as f:
         pickle.dump({"imlist": names, "qimlist": ["q_0", "q_1"], "gnd": gnd}, f)
     return root
+
+
+def oracle_model_case(filename: str) -> tuple[dict, dict, Any]:
+    """An official-model record of ``../shared/data/oracle/models/``: ``(record, official_state_dict, x)``.
+
+    The weights are rebuilt from the manifest with ``../shared/tools/random_weights.py`` and checked against
+    the record's fingerprint; ``x`` is the recorded input (channel order as the record's README says).
+    """
+    import importlib.util
+
+    import torch
+
+    path = shared_path("data", "oracle", "models", filename)
+    spec = importlib.util.spec_from_file_location("random_weights", shared_path("tools", "random_weights.py"))
+    rw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rw)
+    rec = torch.load(path, weights_only=True)
+    entries = rw.load_manifest_entries(shared_path("reference", "manifests", rec["manifest"]), rec["variant"])
+    state_dict = rw.random_state_dict(entries, rec["weight_seed"])
+    assert rw.state_dict_fingerprint(state_dict) == rec["weights_sha256"], "regenerated weights differ"
+    x = torch.randn(*rec["input_shape"], generator=torch.Generator().manual_seed(rec["input_seed"]))
+    return rec, state_dict, x

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import os
+import pkgutil
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,8 +31,18 @@ def register_model(name: str) -> Callable[[_B], _B]:
     return decorator
 
 
+def import_method_modules() -> None:
+    """Import every public module of ``irlib.models`` once, so each method registers itself (model and converter)."""
+    import irlib.models
+
+    for info in pkgutil.iter_modules(irlib.models.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"irlib.models.{info.name}")
+
+
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered methods, optionally filtered by an fnmatch ``pattern`` (e.g. ``"ge*"``)."""
+    import_method_modules()
     names = sorted(_MODELS)
     return names if pattern is None else fnmatch.filter(names, pattern)
 
@@ -46,6 +58,7 @@ def create_model(
 
     ``pretrained`` loads the backbone's ImageNet weights, ``weights`` a local state dict instead.
     """
+    import_method_modules()
     if method not in _MODELS:
         available = ", ".join(list_models()) or "(none)"
         raise ValueError(f"Unknown method {method!r}. Available methods: {available}.")

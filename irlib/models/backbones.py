@@ -69,10 +69,11 @@ def backbone_data_config(name: str, backbone: nn.Module) -> dict[str, Any]:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a state dict file; a checkpoint dict holding it under ``"state_dict"`` or ``"model"`` is unwrapped."""
+    """Read a state dict file; a container holding it under ``model_state`` (pycls), ``state_dict`` or ``model``
+    is unwrapped."""
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in ("model_state", "state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break

@@ -16,11 +16,12 @@ from irlib.models.backbones import (
     load_state_dict_strict,
     read_state_dict,
 )
+from irlib.models.base import RetrievalModel
 from irlib.models.pooling import GeM
 
 
 @register_model("gem")
-class GeMNet(nn.Module):
+class GeMNet(RetrievalModel):
     """Global descriptor of Radenović et al. (TPAMI 2018): (B,3,H,W) images -> (B,D) unit-norm descriptors.
 
     ``p`` is GeM's (initial) exponent, learnable with ``learn_p``; ``whitening=D`` adds a Linear C->D
@@ -76,7 +77,7 @@ class GeMNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised images -> (B,C,h,w) last backbone feature map."""
-        return self.backbone(x)
+        return self.backbone(self.to_backbone_order(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised images -> (B,D) L2-normalised descriptors, D = ``feat_dim``."""

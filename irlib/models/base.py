@@ -1,0 +1,42 @@
+"""The API every irlib retrieval model shares, so extraction, training and figures treat methods alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+
+class RetrievalModel(nn.Module):
+    """Base of all methods: ``(B, 3, H, W)`` RGB images -> ``(B, feat_dim)`` L2-normalised descriptors.
+
+    Attributes set by subclasses:
+        feat_dim: descriptor size D.
+        data_config: input normalisation ``{"mean", "std"}`` (RGB order, on [0, 1] pixels) and ``channel_order``
+            ("RGB"), what the extractor applies before calling the model.
+        config: the constructor arguments, recorded with every run.
+        bgr_weights: the backbone was trained on BGR input (pycls family: CVNet, SuperGlobal, DOLG); the model
+            then flips its RGB input itself (:meth:`to_backbone_order`). Set by checkpoint converters.
+
+    Methods to override: :meth:`forward_features` (the feature map before pooling) and :meth:`forward`;
+    :meth:`inspect` adds method-specific maps (attention, assignments, ...) for figures.
+    """
+
+    feat_dim: int
+    data_config: dict[str, Any]
+    config: dict[str, Any]
+    bgr_weights: bool = False
+
+    def to_backbone_order(self, x: Tensor) -> Tensor:
+        """RGB input -> the channel order of the backbone weights (ImageNet RGB statistics flip with it)."""
+        return x.flip(1) if self.bgr_weights else x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B, C, h, w)``: the feature map the method pools."""
+        raise NotImplementedError
+
+    def inspect(self, x: Tensor) -> dict[str, Tensor]:
+        """Tensors for figures, keyed by name; always ``"features"`` ``(B, C, h, w)`` and ``"descriptor"``
+        ``(B, D)``; methods add their own maps (documented in each module), spatial maps as ``(B, h, w)`` or
+        ``(B, K, h, w)``."""
+        return {"features": self.forward_features(x), "descriptor": self(x)}

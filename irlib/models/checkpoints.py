@@ -1,0 +1,91 @@
+"""Released checkpoints of official code converted into irlib models, strictly.
+
+``load_checkpoint(model, path, source="cvnet")`` renames every tensor of an official state dict to irlib's
+names with the converter registered for ``source`` and loads the result with :func:`load_state_dict_strict`:
+every tensor mapped, every shape equal, nothing skipped (unlike SuperGlobal's lenient loader). Converters live
+beside their method (``irlib/models/<method>.py``) and register with :func:`register_converter`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+
+from torch import Tensor, nn
+
+from irlib.models._registry import import_method_modules
+from irlib.models.backbones import load_state_dict_strict, read_state_dict
+
+Converter = Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
+"""``fn(official_state_dict, model) -> irlib_state_dict``; raises ``ValueError`` naming unmappable keys."""
+
+_CONVERTERS: dict[str, Converter] = {"irlib": lambda state_dict, model: dict(state_dict)}
+
+
+def register_converter(source: str) -> Callable[[Converter], Converter]:
+    """Decorator registering the converter of checkpoints from ``source`` (e.g. ``"cvnet"``)."""
+
+    def decorator(fn: Converter) -> Converter:
+        if source in _CONVERTERS:
+            raise ValueError(f"a converter for {source!r} is already registered")
+        _CONVERTERS[source] = fn
+        return fn
+
+    return decorator
+
+
+def list_checkpoint_sources() -> list[str]:
+    import_method_modules()
+    return sorted(_CONVERTERS)
+
+
+def load_checkpoint(
+    model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Tensor], source: str = "irlib"
+) -> nn.Module:
+    """Load an official (or irlib) checkpoint into ``model``; returns ``model``.
+
+    Args:
+        model: an irlib model built to match the checkpoint (method, backbone depth, options).
+        checkpoint: a file (a state dict, or a container with it under ``model_state``/``state_dict``/``model``)
+            or a state dict.
+        source: which code produced it; see :func:`list_checkpoint_sources`.
+    """
+    import_method_modules()
+    if source not in _CONVERTERS:
+        raise ValueError(f"unknown checkpoint source {source!r}; available: {', '.join(list_checkpoint_sources())}")
+    if isinstance(checkpoint, Mapping):
+        state_dict, label = dict(checkpoint), f"the given {source} state dict"
+    else:
+        state_dict, label = read_state_dict(checkpoint), f"{os.fspath(checkpoint)} ({source})"
+    load_state_dict_strict(model, _CONVERTERS[source](state_dict, model), label)
+    return model
+
+
+_PYCLS_RULES = [
+    (re.compile(r"stem\.conv\.(.+)"), r"conv1.\1"),
+    (re.compile(r"stem\.bn\.(.+)"), r"bn1.\1"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.a\.(.+)"), "layer{0}.{1}.conv1.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.a_bn\.(.+)"), "layer{0}.{1}.bn1.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.b\.(.+)"), "layer{0}.{1}.conv2.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.b_bn\.(.+)"), "layer{0}.{1}.bn2.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.c\.(.+)"), "layer{0}.{1}.conv3.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.c_bn\.(.+)"), "layer{0}.{1}.bn3.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.proj\.(.+)"), "layer{0}.{1}.downsample.0.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.bn\.(.+)"), "layer{0}.{1}.downsample.1.{2}"),
+]
+
+
+def pycls_resnet_key(key: str) -> str | None:
+    """pycls ResNet key (``s3.b2.f.b_bn.weight``) -> torchvision/timm ResNet key (``layer3.1.bn2.weight``).
+
+    The ten rules of the reference manifests (pycls blocks are 1-based, torchvision's 0-based); ``None`` when the
+    key is not a pycls ResNet key.
+    """
+    for pattern, target in _PYCLS_RULES:
+        if match := pattern.fullmatch(key):
+            if "{" not in target:
+                return pattern.sub(target, key)
+            stage, block, rest = match.groups()
+            return target.format(stage, int(block) - 1, rest)
+    return None

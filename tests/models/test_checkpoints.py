@@ -1,0 +1,35 @@
+"""Checkpoint plumbing: the pycls -> torchvision ResNet key rules against the official manifests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+from irlib.models import create_model
+from irlib.models.checkpoints import list_checkpoint_sources, load_checkpoint, pycls_resnet_key
+from tests.conftest import shared_path
+
+
+@pytest.mark.parametrize(("variant", "arch"), [("R50", "resnet50"), ("R101", "resnet101")])
+def test_pycls_rules_map_every_cvnet_backbone_key_onto_timm_resnet(variant, arch):
+    manifest = json.loads(shared_path("reference", "manifests", "cvnet_state_dict_manifest.json").read_text())
+    entries = {e["key"]: e["shape"] for e in manifest[variant]["state_dict"]}
+    backbone = {k.removeprefix("encoder_q."): v for k, v in entries.items() if k.startswith("encoder_q.")}
+    mapped = {pycls_resnet_key(k): v for k, v in backbone.items() if not k.startswith("head.")}
+    assert None not in mapped
+    target = {k: list(t.shape) for k, t in timm.create_model(arch, num_classes=0).state_dict().items()}
+    assert mapped == target
+
+
+def test_irlib_checkpoints_round_trip_and_unknown_sources_are_named(tmp_path):
+    a, b = create_model("gem", backbone="efficientnet_lite0"), create_model("gem", backbone="efficientnet_lite0")
+    torch.save({"model_state": a.state_dict()}, tmp_path / "a.pyth")
+    load_checkpoint(b, tmp_path / "a.pyth")
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(a.eval()(x), b.eval()(x))
+    assert "irlib" in list_checkpoint_sources()
+    with pytest.raises(ValueError, match="unknown checkpoint source 'cvnett'"):
+        load_checkpoint(b, a.state_dict(), source="cvnett")
