@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from irlib.data.revisited import CROP_MODES
+from irlib.eval.extract import PRESETS
 
 
 def _scale(text: str) -> float:
@@ -31,12 +32,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default="resnet50", help="timm backbone name")
     p.add_argument("--pretrained", action="store_true", help="start from the backbone's pretrained weights")
     p.add_argument("--weights", type=Path, help="local state dict of the model or its backbone")
-    p.add_argument("--image-size", type=int, default=1024, help="longest image side (images are only shrunk)")
     p.add_argument(
-        "--scales", type=_scale, nargs="+", default=None, help="multi-scale factors (default 1/sqrt2 1 sqrt2)"
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a method's official test pipeline (resize, crop rounding, scales); other options override it",
     )
+    p.add_argument("--image-size", type=int, help="longest image side, images are only shrunk (default 1024)")
+    p.add_argument("--scales", type=_scale, nargs="+", help="multi-scale factors (default 1/sqrt2 1 sqrt2)")
     p.add_argument("--no-crop", action="store_true", help="do not crop queries to their box")
-    p.add_argument("--crop-mode", choices=CROP_MODES, default="round", help="box rounding (revisitop: round)")
+    p.add_argument("--crop-mode", choices=CROP_MODES, help="box rounding (default round, as revisitop)")
     p.add_argument(
         "--batch-size", type=int, default=None, help="images per forward pass (default: 1 on CPU, 16 on GPU)"
     )
@@ -50,7 +54,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from irlib.data.revisited import RevisitedDataset
-    from irlib.eval.extract import DEFAULT_SCALES, ExtractConfig
+    from irlib.eval.extract import ExtractConfig, preset
     from irlib.eval.pipeline import evaluate_model, prepare_out_dir, save_result, summary_table
     from irlib.models import create_model
 
@@ -61,16 +65,18 @@ def _run_eval(args: argparse.Namespace) -> int:
         if args.dataset_dir is not None
         else RevisitedDataset.from_root(args.data_root, args.dataset)
     )
-    cfg = ExtractConfig(
-        image_size=args.image_size,
-        scales=tuple(args.scales) if args.scales else DEFAULT_SCALES,
-        crop_queries=not args.no_crop,
-        crop_mode=args.crop_mode,
-        fp16=args.fp16,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-    )
+    chosen = {
+        "image_size": args.image_size,
+        "scales": tuple(args.scales) if args.scales else None,
+        "crop_mode": args.crop_mode,
+        "crop_queries": False if args.no_crop else None,
+        "fp16": args.fp16 or None,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers or None,
+        "device": args.device,
+    }
+    overrides = {k: v for k, v in chosen.items() if v is not None}
+    cfg = preset(args.preset, **overrides) if args.preset else ExtractConfig(**overrides)
     model = create_model(args.method, backbone=args.backbone, pretrained=args.pretrained, weights=args.weights)
     out = prepare_out_dir(args.out, force=args.force)
     result = evaluate_model(model, dataset, cfg, cache_dir=args.cache_dir)

@@ -51,7 +51,7 @@ def test_data_root_and_dataset_name(tiny_revisited, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "nomethod"], "Available methods: gem"),
+        (["--method", "nomethod"], "Available methods: "),
         (["--backbone", "resnet5O"], "Did you mean"),
     ],
 )
@@ -91,3 +91,12 @@ def test_eval_with_local_weights_records_their_checksum(tiny_revisited, tmp_path
     assert _eval(["--dataset-dir", str(tiny_revisited), "--weights", str(path), "--out", str(out)]) == 0
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["weights_sha256"] == sha256_file(path) and settings["model"]["weights"] == str(path)
+
+
+def test_preset_sets_the_official_pipeline_and_flags_override_it(tiny_revisited, tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "--dataset-dir", str(tiny_revisited), "--backbone", "efficientnet_lite0", "--out", str(out)]
+    assert main([*args, "--preset", "dolg", "--scales", "1", "0.5"]) == 0
+    s = json.loads((out / "metrics.json").read_text())["settings"]
+    assert (s["preset"], s["crop_mode"], s["scale_resize"], s["image_size"]) == ("dolg", "trunc", "cv2-linear", None)
+    assert s["scales"] == [1.0, 0.5]

@@ -1,10 +1,14 @@
 """Multi-scale global descriptors for image lists and revisited datasets, with an on-disk cache.
 
-Preprocessing follows cirtorch's test code (Radenović et al., TPAMI 2018): images are shrunk (never enlarged) so
-their longer side is at most ``image_size``; a query is cropped to its box first and shrunk by the factor of its
-full image, so the crop keeps the scale it has in the resized full image; the normalised tensor is resized by each
-scale (bilinear), each scale's descriptor is L2-normalised, the scales are averaged and the mean L2-normalised.
-Images of equal size are batched together.
+The default pipeline is revisitop/cirtorch's test code (Radenović et al., TPAMI 2018): images are shrunk with
+Pillow's ``thumbnail`` (never enlarged) so their longer side is at most ``image_size``; a query is cropped to its
+box first and shrunk to ``image_size * max(crop) / max(full image)``, so the crop keeps the scale it has in the
+resized full image; the normalised tensor is resized by each scale (bilinear), each scale's descriptor is
+L2-normalised, the scales are averaged and the mean L2-normalised.
+
+Each method's official test pipeline is a named preset (:data:`PRESETS`, :func:`preset`): the numbers of a
+released checkpoint move by tenths of mAP with the resize implementation, crop rounding and scale set, so every
+field is recorded with the results. Images of equal size are batched together.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,12 +35,14 @@ from irlib.data.images import load_image
 from irlib.data.revisited import CROP_MODES, RevisitedDataset, crop_query
 from irlib.io import save_npy, write_json
 
-DEFAULT_SCALES: tuple[float, ...] = (1 / math.sqrt(2), 1.0, math.sqrt(2))
+SQRT2 = math.sqrt(2)
+DEFAULT_SCALES: tuple[float, ...] = (1 / SQRT2, 1.0, SQRT2)
 _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
 }
+SCALE_RESIZES: tuple[str, ...] = ("tensor-bilinear", "cv2-area-linear", "cv2-linear")
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,17 @@ class ExtractConfig:
     """Extraction settings; every field that changes the descriptors is recorded with results and cache keys.
 
     Attributes:
-        image_size: longest image side before multi-scale (images are shrunk, never enlarged).
+        image_size: longest image side (Pillow ``thumbnail``: shrink only); ``None`` keeps the original size.
         scales: resize factors of the multi-scale pyramid.
+        scale_resize: how each scale is made: ``"tensor-bilinear"`` resizes the normalised tensor
+            (``F.interpolate``, cirtorch/SpCa); ``"cv2-area-linear"`` resizes the uint8 image with OpenCV,
+            ``INTER_AREA`` down and ``INTER_LINEAR`` up (CVNet); ``"cv2-linear"`` uses ``INTER_LINEAR`` always (DOLG).
+        min_scale_side: skip a scale whose shorter side would fall below this many pixels (SpCa: 36).
         crop_queries: crop queries to their box (the revisited protocol does).
-        crop_mode: ``"round"`` (revisitop, Pillow) or ``"trunc"`` (CVNet/SuperGlobal).
-        interpolation: PIL filter of the max-side resize.
+        crop_mode: ``"round"`` (revisitop, Pillow) or ``"trunc"`` (CVNet/SuperGlobal/DOLG).
+        interpolation: Pillow filter of the max-side shrink.
         fp16: store descriptors as float16 (computed in float32).
+        preset: the name of the preset these settings came from, if any (recorded only).
         batch_size: images of equal size per forward pass; ``None``: 1 on CPU (larger CPU batches measured
             slower, see ``benchmarks/README.md``), 16 on GPU.
         num_workers: DataLoader processes decoding images.
@@ -56,22 +68,27 @@ class ExtractConfig:
         device: ``"cpu"``, ``"cuda"`` ... ; ``None`` picks CUDA when available.
     """
 
-    image_size: int = 1024
+    image_size: int | None = 1024
     scales: tuple[float, ...] = DEFAULT_SCALES
+    scale_resize: str = "tensor-bilinear"
+    min_scale_side: int = 0
     crop_queries: bool = True
     crop_mode: str = "round"
     interpolation: str = "lanczos"
     fp16: bool = False
+    preset: str | None = None
     batch_size: int | None = None
     num_workers: int = 0
     channels_last: bool = True
     device: str | None = None
 
     def __post_init__(self) -> None:
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be at least 16, got {self.image_size}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError(f"image_size must be at least 16 (or None), got {self.image_size}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be positive, got {self.scales}")
+        if self.scale_resize not in SCALE_RESIZES:
+            raise ValueError(f"scale_resize must be one of {SCALE_RESIZES}, got {self.scale_resize!r}")
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.interpolation not in _RESAMPLE:
@@ -97,8 +114,52 @@ class ExtractConfig:
         return 1 if self.resolved_device().type == "cpu" else 16
 
 
+PRESETS: dict[str, ExtractConfig] = {
+    # revisitop/cirtorch test code: PIL crop (rounded), thumbnail to 1024 (crop rescaled), tensor scales.
+    "revisitop": ExtractConfig(preset="revisitop", image_size=1024, scales=(1.0, 1 / SQRT2, 0.5)),
+    # CVNet test/dataset.py: int-truncated crop, original size, cv2 INTER_AREA down / INTER_LINEAR up per scale.
+    "cvnet": ExtractConfig(
+        preset="cvnet", image_size=None, scales=DEFAULT_SCALES, scale_resize="cv2-area-linear", crop_mode="trunc"
+    ),
+    # SuperGlobal: the same input at one scale; its scales (and S-GeM) live inside the model.
+    "superglobal": ExtractConfig(preset="superglobal", image_size=None, scales=(1.0,), crop_mode="trunc"),
+    # DOLG evaler/process.py: int-truncated crop, original size, 5 scales by cv2 INTER_LINEAR.
+    "dolg": ExtractConfig(
+        preset="dolg",
+        image_size=None,
+        scales=(1 / (2 * SQRT2), 0.5, 1 / SQRT2, 1.0, SQRT2),
+        scale_resize="cv2-linear",
+        crop_mode="trunc",
+    ),
+    # SpCa/Token (deleted train.py test()): cirtorch loading at 1024, scales 1, sqrt2, 1/sqrt2, skip sides < 36.
+    "spca": ExtractConfig(preset="spca", image_size=1024, scales=(1.0, SQRT2, 1 / SQRT2), min_scale_side=36),
+}
+
+
+def preset(name: str, **overrides: Any) -> ExtractConfig:
+    """The official test pipeline of a method, optionally with speed knobs or other fields changed."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def scale_image(img: np.ndarray, scale: float, mode: str) -> np.ndarray:
+    """Resize an ``(H, W, 3)`` uint8 image by ``scale`` with OpenCV as CVNet/DOLG do (no call at scale 1).
+
+    ``mode`` ``"cv2-area-linear"``: ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when enlarging;
+    ``"cv2-linear"``: ``INTER_LINEAR``. Sizes are rounded by OpenCV (``dsize=(0, 0)``, ``fx = fy = scale``).
+    """
+    if scale == 1.0:
+        return img
+    shrink_area = mode == "cv2-area-linear" and scale < 1
+    return cv2.resize(
+        img, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_AREA if shrink_area else cv2.INTER_LINEAR
+    )
+
+
 class _Images(Dataset):
-    """Decoded, cropped, shrunk and normalised images: item ``i`` is ``(i, (3, h, w) float tensor)``."""
+    """Decoded, cropped, shrunk and normalised images: item ``i`` is ``(i, [(3, h, w) float tensor, ...])``,
+    one tensor, or one per scale when scales are made from the uint8 image (``cv2-*``)."""
 
     def __init__(
         self,
@@ -116,49 +177,76 @@ class _Images(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[int, list[torch.Tensor]]:
+        img = self.load(i)
+        if self.cfg.scale_resize == "tensor-bilinear":
+            return i, [self.normalise(img)]
+        return i, [self.normalise(scale_image(img, s, self.cfg.scale_resize)) for s in self.cfg.scales]
+
+    def load(self, i: int) -> np.ndarray:
+        """The image as ``(H, W, 3)`` uint8 RGB after cropping and shrinking."""
         img = load_image(self.paths[i], dataset=self.dataset)
-        factor = min(1.0, self.cfg.image_size / max(img.size))
+        full_side = max(img.size)
         box = self.boxes[i] if self.boxes is not None else None
         if box is not None:
             img = crop_query(img, box, self.cfg.crop_mode)  # type: ignore[arg-type]
-        if factor < 1.0:
-            size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
-            img = img.resize(size, _RESAMPLE[self.cfg.interpolation])
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return i, (x - self.mean) / self.std
+        if self.cfg.image_size is not None:
+            side = self.cfg.image_size * max(img.size) / full_side
+            img.thumbnail((side, side), _RESAMPLE[self.cfg.interpolation])
+        return np.asarray(img)
+
+    def normalise(self, img: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (x - self.mean) / self.std
 
 
 def _same_size_batches(
-    items: Iterator[tuple[int, torch.Tensor]], batch_size: int
-) -> Iterator[tuple[list[int], torch.Tensor]]:
+    items: Iterator[tuple[int, list[torch.Tensor]]], batch_size: int
+) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """Regroup a stream of images into batches of equal size; a bounded number wait for partners."""
-    pending: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    pending: dict[tuple, list[tuple[int, list[torch.Tensor]]]] = {}
     n_pending = 0
-    for i, x in items:
-        group = pending.setdefault(tuple(x.shape), [])
-        group.append((i, x))
+
+    def release(shape: tuple) -> tuple[list[int], list[torch.Tensor]]:
+        nonlocal n_pending
+        ready = pending.pop(shape)
+        n_pending -= len(ready)
+        return [j for j, _ in ready], [torch.stack(parts) for parts in zip(*(t for _, t in ready), strict=True)]
+
+    for i, xs in items:
+        shape = tuple(tuple(x.shape) for x in xs)
+        pending.setdefault(shape, []).append((i, xs))
         n_pending += 1
-        if len(group) == batch_size or n_pending >= 4 * batch_size:
-            shape = tuple(x.shape) if len(group) == batch_size else max(pending, key=lambda s: len(pending[s]))
-            ready = pending.pop(shape)
-            n_pending -= len(ready)
-            yield [j for j, _ in ready], torch.stack([t for _, t in ready])
-    for ready in pending.values():
-        yield [j for j, _ in ready], torch.stack([t for _, t in ready])
+        if len(pending[shape]) == batch_size:
+            yield release(shape)
+        elif n_pending >= 4 * batch_size:
+            yield release(max(pending, key=lambda k: len(pending[k])))
+    while pending:
+        yield release(next(iter(pending)))
 
 
 def multiscale_descriptor(
     model: nn.Module,
-    x: torch.Tensor,
-    scales: Sequence[float],
+    xs: Sequence[torch.Tensor],
+    scales: Sequence[float] | None = None,
+    *,
+    min_side: int = 0,
     memory_format: torch.memory_format = torch.preserve_format,
 ) -> torch.Tensor:
-    """``(B, 3, H, W)`` normalised images -> ``(B, D)`` L2-normalised mean of per-scale L2-normalised descriptors."""
+    """``(B, D)`` L2-normalised mean of per-scale L2-normalised descriptors.
+
+    With ``scales``, ``xs`` is one ``(B, 3, H, W)`` normalised batch resized here to each scale (bilinear, as
+    cirtorch; a scale whose shorter side would be below ``min_side`` is skipped, and scale 1 is used when all are).
+    Without, ``xs`` holds one batch per scale, already resized.
+    """
+    if scales is not None:
+        (x,) = xs
+        h, w = x.shape[-2:]
+        used = [s for s in scales if min(int(h * s), int(w * s)) >= min_side] or [1.0]
+        xs = [x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False) for s in used]
     total = None
-    for s in scales:
-        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-        d = F.normalize(model(xs.contiguous(memory_format=memory_format)), dim=-1)
+    for x in xs:
+        d = F.normalize(model(x.contiguous(memory_format=memory_format)), dim=-1)
         total = d if total is None else total + d
     return F.normalize(total, dim=-1)
 
@@ -190,8 +278,15 @@ def extract_descriptors(
     loader = DataLoader(images, batch_size=None, num_workers=cfg.num_workers)
     out = np.empty((len(paths), model.feat_dim), dtype=np.float16 if cfg.fp16 else np.float32)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        for idx, x in _same_size_batches(iter(loader), cfg.resolved_batch_size()):
-            out[idx] = multiscale_descriptor(model, x.to(device), cfg.scales, memory_format).float().cpu().numpy()
+        for idx, xs in _same_size_batches(iter(loader), cfg.resolved_batch_size()):
+            d = multiscale_descriptor(
+                model,
+                [x.to(device) for x in xs],
+                cfg.scales if cfg.scale_resize == "tensor-bilinear" else None,
+                min_side=cfg.min_scale_side,
+                memory_format=memory_format,
+            )
+            out[idx] = d.float().cpu().numpy()
             bar.update(len(idx))
     model.train(was_training)
     return out

@@ -25,17 +25,17 @@ def test_images_are_shrunk_never_enlarged_and_queries_keep_the_full_image_scale(
     ds = RevisitedDataset.from_dir(tiny_revisited)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     small = _Images(ds.db_paths[:2], None, ExtractConfig(image_size=48), mean, std, ds.name)
-    assert small[0][1].shape == (3, 48, 32) and small[1][1].shape == (3, 32, 48)
+    assert small[0][1][0].shape == (3, 48, 32) and small[1][1][0].shape == (3, 32, 48)
     large = _Images(ds.db_paths[:1], None, ExtractConfig(image_size=500), mean, std, ds.name)
-    assert large[0][1].shape == (3, 96, 64)
+    assert large[0][1][0].shape == (3, 96, 64)
     # query 0: box [4.5, 8.2, 60.5, 50.0] rounds to a 56 x 42 crop of a 96 x 64 image; factor 48/96 = 0.5
     queries = _Images(ds.query_paths[:1], [ds.gnd[0]["bbx"]], ExtractConfig(image_size=48), mean, std, ds.name)
-    assert queries[0][1].shape == (3, 21, 28)
+    assert queries[0][1][0].shape == (3, 21, 28)
 
 
 def test_normalisation_uses_the_model_statistics(tiny_revisited):
     ds = RevisitedDataset.from_dir(tiny_revisited)
-    _, x = _Images(ds.db_paths[:1], None, ExtractConfig(image_size=500), (0.5,) * 3, (0.25,) * 3, ds.name)[0]
+    _, (x,) = _Images(ds.db_paths[:1], None, ExtractConfig(image_size=500), (0.5,) * 3, (0.25,) * 3, ds.name)[0]
     raw = np.asarray(Image.open(ds.db_paths[0]).convert("RGB"), dtype=np.float32) / 255
     np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), (raw - 0.5) / 0.25, atol=1e-6)
 
@@ -44,7 +44,7 @@ def test_multiscale_descriptor_is_the_normalised_mean_of_normalised_scales(model
     x = torch.randn(2, 3, 64, 64)
     scales = (1 / math.sqrt(2), 1.0, math.sqrt(2))
     with torch.inference_mode():
-        got = multiscale_descriptor(model.eval(), x, scales)
+        got = multiscale_descriptor(model.eval(), [x], scales)
         parts = [
             torch.nn.functional.normalize(
                 model(torch.nn.functional.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)),

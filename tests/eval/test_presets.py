@@ -1,0 +1,95 @@
+"""Each official test pipeline (preset) produces exactly its documented preprocessing on a real photo."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from irlib.eval.extract import PRESETS, _Images, multiscale_descriptor, preset, scale_image
+from tests.conftest import oracle_model_case
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+BOX = [30.5, 20.4, 380.6, 251.5]  # fractional, as many ROxf boxes
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "chelsea.png"  # lossless: decoding is not in question
+    Image.fromarray(data.chelsea()).save(path)
+    return path
+
+
+def normalise(img: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)
+    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
+def items(cfg, photo, box=BOX):
+    return _Images([photo], [box], cfg, MEAN, STD, "photo")[0][1]
+
+
+@pytest.mark.parametrize("name", ["revisitop", "spca"])
+def test_cirtorch_family_crops_by_rounding_and_thumbnails_the_crop_at_the_full_image_scale(name, photo):
+    cfg = preset(name, image_size=256)
+    full = Image.open(photo).convert("RGB")
+    crop = full.crop(tuple(BOX))
+    side = 256 * max(crop.size) / max(full.size)
+    crop.thumbnail((side, side), Image.Resampling.LANCZOS)
+    (x,) = items(cfg, photo)
+    assert x.shape[1:] == (crop.height, crop.width) and crop.width < 350  # shrunk like the full image
+    torch.testing.assert_close(x, normalise(np.asarray(crop)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("name", "down"), [("cvnet", cv2.INTER_AREA), ("dolg", cv2.INTER_LINEAR)])
+def test_pycls_family_truncates_the_box_and_resizes_the_uint8_image_per_scale_with_opencv(name, down, photo):
+    cfg = PRESETS[name]
+    arr = np.asarray(Image.open(photo).convert("RGB"))[20:251, 30:380]  # int() of every coordinate
+    xs = items(cfg, photo)
+    assert len(xs) == len(cfg.scales)
+    for s, x in zip(cfg.scales, xs, strict=True):
+        mode = down if s < 1 else cv2.INTER_LINEAR
+        expected = arr if s == 1.0 else cv2.resize(arr, (0, 0), fx=s, fy=s, interpolation=mode)
+        torch.testing.assert_close(x, normalise(expected), rtol=0, atol=0)
+
+
+def test_superglobal_feeds_the_truncated_crop_at_original_size_once(photo):
+    (x,) = items(PRESETS["superglobal"], photo)
+    arr = np.asarray(Image.open(photo).convert("RGB"))[20:251, 30:380]
+    torch.testing.assert_close(x, normalise(arr), rtol=0, atol=0)
+    assert PRESETS["superglobal"].scales == (1.0,)
+
+
+def test_preset_scale_sets_and_recorded_settings():
+    assert PRESETS["cvnet"].scales == pytest.approx((1 / math.sqrt(2), 1, math.sqrt(2)))
+    assert PRESETS["dolg"].scales == pytest.approx((0.35355, 0.5, 0.70711, 1, 1.41421), abs=1e-5)
+    assert PRESETS["spca"].scales == pytest.approx((1, math.sqrt(2), 1 / math.sqrt(2)))
+    assert PRESETS["revisitop"].scales == pytest.approx((1, 1 / math.sqrt(2), 0.5))
+    for name, cfg in PRESETS.items():
+        s = cfg.settings()
+        assert s["preset"] == name and {"image_size", "scale_resize", "crop_mode", "interpolation"} <= s.keys()
+    with pytest.raises(ValueError, match="unknown preset 'cvnett'"):
+        preset("cvnett")
+
+
+def test_spca_skips_scales_whose_side_falls_below_36_pixels():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    x = torch.randn(1, 3, 40, 60)  # 1/sqrt2 gives 28 px: skipped
+    got = multiscale_descriptor(model, [x], PRESETS["spca"].scales, min_side=36)
+    up = torch.nn.functional.interpolate(x, scale_factor=math.sqrt(2), mode="bilinear", align_corners=False)
+    parts = [torch.nn.functional.normalize(model(t), dim=-1) for t in (x, up)]
+    torch.testing.assert_close(got, torch.nn.functional.normalize(parts[0] + parts[1], dim=-1))
+
+
+def test_opencv_scaling_reproduces_the_official_cvnet_resized_images():
+    rec, _, _ = oracle_model_case("cvnet_global_r50.pt")
+    images = rec["inputs"]["ms_image_u8"].numpy()
+    for s in ("0.7071", "1.4142"):
+        expected = rec["inputs"][f"ms_image_u8_scale{s}"].numpy()
+        got = np.stack([scale_image(im, float(s), "cv2-area-linear") for im in images])
+        np.testing.assert_array_equal(got, expected)
