@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -106,18 +107,27 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, Tensor], 
     module.load_state_dict(state_dict, strict=True)
 
 
-def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
-    """Strictly load a timm state dict into a backbone from ``create_backbone``.
+def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> bool:
+    """Strictly load a timm/torchvision (or pycls-layout ResNet) state dict into a backbone from ``create_backbone``.
 
     The only keys dropped are those of the ImageNet classifier named by ``pretrained_cfg["classifier"]``
     (e.g. ``fc.*`` for ResNets), which a feature extractor does not have; anything else must match.
+    Returns whether the weights were in pycls layout, i.e. trained on BGR input.
     """
+    pycls = any(k.startswith("stem.") for k in state_dict)  # CVNet/DOLG/SENet family layout
+    if pycls:
+        renamed = {k: pycls_resnet_key(k) for k in state_dict}
+        unknown = [k for k, v in renamed.items() if v is None]
+        if unknown:
+            raise ValueError(f"{source}: keys that are not pycls ResNet keys: {_format_keys(sorted(unknown))}")
+        state_dict = {renamed[k]: v for k, v in state_dict.items()}
     classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or ()
     prefixes = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
     own_keys = backbone.state_dict().keys()
     if prefixes and not any(k.startswith(prefixes) for k in own_keys):
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
     load_state_dict_strict(backbone, state_dict, source)
+    return pycls
 
 
 def _check_backbone_name(name: str) -> None:
@@ -146,3 +156,32 @@ def _create_pretrained_from_hub(name: str) -> nn.Module:
 def _format_keys(keys: list[str]) -> str:
     shown = ", ".join(keys[:_MAX_LISTED_KEYS])
     return shown + (f", ... ({len(keys) - _MAX_LISTED_KEYS} more)" if len(keys) > _MAX_LISTED_KEYS else "")
+
+
+_PYCLS_RULES = [
+    (re.compile(r"stem\.conv\.(.+)"), r"conv1.\1"),
+    (re.compile(r"stem\.bn\.(.+)"), r"bn1.\1"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.a\.(.+)"), "layer{0}.{1}.conv1.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.a_bn\.(.+)"), "layer{0}.{1}.bn1.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.b\.(.+)"), "layer{0}.{1}.conv2.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.b_bn\.(.+)"), "layer{0}.{1}.bn2.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.c\.(.+)"), "layer{0}.{1}.conv3.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.f\.c_bn\.(.+)"), "layer{0}.{1}.bn3.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.proj\.(.+)"), "layer{0}.{1}.downsample.0.{2}"),
+    (re.compile(r"s(\d)\.b(\d+)\.bn\.(.+)"), "layer{0}.{1}.downsample.1.{2}"),
+]
+
+
+def pycls_resnet_key(key: str) -> str | None:
+    """pycls ResNet key (``s3.b2.f.b_bn.weight``) -> torchvision/timm ResNet key (``layer3.1.bn2.weight``).
+
+    The ten rules of the reference manifests (pycls blocks are 1-based, torchvision's 0-based); ``None`` when the
+    key is not a pycls ResNet key.
+    """
+    for pattern, target in _PYCLS_RULES:
+        if match := pattern.fullmatch(key):
+            if "{" not in target:
+                return pattern.sub(target, key)
+            stage, block, rest = match.groups()
+            return target.format(stage, int(block) - 1, rest)
+    return None

@@ -9,13 +9,14 @@ beside their method (``irlib/models/<method>.py``) and register with :func:`regi
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
 from irlib.models._registry import import_method_modules
-from irlib.models.backbones import load_state_dict_strict, read_state_dict
+from irlib.models.backbones import load_state_dict_strict, pycls_resnet_key, read_state_dict
+
+__all__ = ["Converter", "list_checkpoint_sources", "load_checkpoint", "pycls_resnet_key", "register_converter"]
 
 Converter = Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
 """``fn(official_state_dict, model) -> irlib_state_dict``; raises ``ValueError`` naming unmappable keys."""
@@ -60,32 +61,3 @@ def load_checkpoint(
         state_dict, label = read_state_dict(checkpoint), f"{os.fspath(checkpoint)} ({source})"
     load_state_dict_strict(model, _CONVERTERS[source](state_dict, model), label)
     return model
-
-
-_PYCLS_RULES = [
-    (re.compile(r"stem\.conv\.(.+)"), r"conv1.\1"),
-    (re.compile(r"stem\.bn\.(.+)"), r"bn1.\1"),
-    (re.compile(r"s(\d)\.b(\d+)\.f\.a\.(.+)"), "layer{0}.{1}.conv1.{2}"),
-    (re.compile(r"s(\d)\.b(\d+)\.f\.a_bn\.(.+)"), "layer{0}.{1}.bn1.{2}"),
-    (re.compile(r"s(\d)\.b(\d+)\.f\.b\.(.+)"), "layer{0}.{1}.conv2.{2}"),
-    (re.compile(r"s(\d)\.b(\d+)\.f\.b_bn\.(.+)"), "layer{0}.{1}.bn2.{2}"),
-    (re.compile(r"s(\d)\.b(\d+)\.f\.c\.(.+)"), "layer{0}.{1}.conv3.{2}"),
-    (re.compile(r"s(\d)\.b(\d+)\.f\.c_bn\.(.+)"), "layer{0}.{1}.bn3.{2}"),
-    (re.compile(r"s(\d)\.b(\d+)\.proj\.(.+)"), "layer{0}.{1}.downsample.0.{2}"),
-    (re.compile(r"s(\d)\.b(\d+)\.bn\.(.+)"), "layer{0}.{1}.downsample.1.{2}"),
-]
-
-
-def pycls_resnet_key(key: str) -> str | None:
-    """pycls ResNet key (``s3.b2.f.b_bn.weight``) -> torchvision/timm ResNet key (``layer3.1.bn2.weight``).
-
-    The ten rules of the reference manifests (pycls blocks are 1-based, torchvision's 0-based); ``None`` when the
-    key is not a pycls ResNet key.
-    """
-    for pattern, target in _PYCLS_RULES:
-        if match := pattern.fullmatch(key):
-            if "{" not in target:
-                return pattern.sub(target, key)
-            stage, block, rest = match.groups()
-            return target.format(stage, int(block) - 1, rest)
-    return None

@@ -65,7 +65,8 @@ class GeMNet(RetrievalModel):
         """Strictly load a local state dict (optionally under ``"state_dict"``/``"model"``).
 
         Keys prefixed ``backbone.`` are the whole GeMNet's; otherwise they are the bare timm backbone's
-        (its ImageNet classifier keys are dropped). Missing/unexpected keys or shape mismatches ->
+        (its ImageNet classifier keys are dropped) or a pycls-layout ResNet's (CVNet/DOLG family; BGR weights,
+        so the model flips its RGB input). Missing/unexpected keys or shape mismatches ->
         ValueError naming the file and the keys.
         """
         state_dict = read_state_dict(path)
@@ -73,7 +74,7 @@ class GeMNet(RetrievalModel):
         if any(k.startswith("backbone.") for k in state_dict):
             load_state_dict_strict(self, state_dict, source)
         else:
-            load_backbone_weights(self.backbone, state_dict, source)
+            self.bgr_weights = load_backbone_weights(self.backbone, state_dict, source)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised images -> (B,C,h,w) last backbone feature map."""
