@@ -54,7 +54,8 @@ class ExtractConfig:
         scales: resize factors of the multi-scale pyramid.
         scale_resize: how each scale is made: ``"tensor-bilinear"`` resizes the normalised tensor
             (``F.interpolate``, cirtorch/SpCa); ``"cv2-area-linear"`` resizes the uint8 image with OpenCV,
-            ``INTER_AREA`` down and ``INTER_LINEAR`` up (CVNet); ``"cv2-linear"`` uses ``INTER_LINEAR`` always (DOLG).
+            ``INTER_AREA`` down and ``INTER_LINEAR`` up (CVNet); ``"cv2-linear"`` resizes the float image with
+            ``INTER_LINEAR`` (DOLG); see :func:`scale_image`.
         min_scale_side: skip a scale whose shorter side would fall below this many pixels (SpCa: 36).
         crop_queries: crop queries to their box (the revisited protocol does).
         crop_mode: ``"round"`` (revisitop, Pillow) or ``"trunc"`` (CVNet/SuperGlobal/DOLG).
@@ -114,20 +115,21 @@ class ExtractConfig:
         return 1 if self.resolved_device().type == "cpu" else 16
 
 
+# Scale lists as each official code writes them (CVNet and DOLG use 4-decimal literals).
 PRESETS: dict[str, ExtractConfig] = {
     # revisitop/cirtorch test code: PIL crop (rounded), thumbnail to 1024 (crop rescaled), tensor scales.
     "revisitop": ExtractConfig(preset="revisitop", image_size=1024, scales=(1.0, 1 / SQRT2, 0.5)),
     # CVNet test/dataset.py: int-truncated crop, original size, cv2 INTER_AREA down / INTER_LINEAR up per scale.
     "cvnet": ExtractConfig(
-        preset="cvnet", image_size=None, scales=DEFAULT_SCALES, scale_resize="cv2-area-linear", crop_mode="trunc"
+        preset="cvnet", image_size=None, scales=(0.7071, 1.0, 1.4142), scale_resize="cv2-area-linear", crop_mode="trunc"
     ),
     # SuperGlobal: the same input at one scale; its scales (and S-GeM) live inside the model.
     "superglobal": ExtractConfig(preset="superglobal", image_size=None, scales=(1.0,), crop_mode="trunc"),
-    # DOLG evaler/process.py: int-truncated crop, original size, 5 scales by cv2 INTER_LINEAR.
+    # DOLG evaler/process.py: int-truncated crop, original size, 5 scales by cv2 INTER_LINEAR on the float image.
     "dolg": ExtractConfig(
         preset="dolg",
         image_size=None,
-        scales=(1 / (2 * SQRT2), 0.5, 1 / SQRT2, 1.0, SQRT2),
+        scales=(0.3535, 0.5, 0.7071, 1.0, 1.4142),
         scale_resize="cv2-linear",
         crop_mode="trunc",
     ),
@@ -144,17 +146,23 @@ def preset(name: str, **overrides: Any) -> ExtractConfig:
 
 
 def scale_image(img: np.ndarray, scale: float, mode: str) -> np.ndarray:
-    """Resize an ``(H, W, 3)`` uint8 image by ``scale`` with OpenCV as CVNet/DOLG do (no call at scale 1).
+    """Resize an ``(H, W, 3)`` image by ``scale`` with OpenCV as CVNet or DOLG do (no call at scale 1).
 
-    ``mode`` ``"cv2-area-linear"``: ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when enlarging;
-    ``"cv2-linear"``: ``INTER_LINEAR``. Sizes are rounded by OpenCV (``dsize=(0, 0)``, ``fx = fy = scale``).
+    ``"cv2-area-linear"`` (CVNet ``test/dataset.py``): the uint8 image, ``INTER_AREA`` when shrinking and
+    ``INTER_LINEAR`` when enlarging, sizes rounded by OpenCV (``fx = fy = scale``). ``"cv2-linear"`` (DOLG
+    ``evaler/process.py``): the image converted to float32 first (no uint8 rounding), ``INTER_LINEAR`` to
+    ``(round(W * scale), round(H * scale))``.
     """
     if scale == 1.0:
         return img
-    shrink_area = mode == "cv2-area-linear" and scale < 1
-    return cv2.resize(
-        img, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_AREA if shrink_area else cv2.INTER_LINEAR
-    )
+    if mode == "cv2-area-linear":
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        return cv2.resize(img, (0, 0), fx=scale, fy=scale, interpolation=interpolation)
+    if mode == "cv2-linear":
+        h, w = img.shape[:2]
+        size = (round(w * scale), round(h * scale))
+        return cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    raise ValueError(f"unknown image-level scale mode {mode!r}")
 
 
 class _Images(Dataset):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from irlib.eval.extract import PRESETS, _Images, multiscale_descriptor, preset, scale_image
+from irlib.eval.extract import PRESETS, _Images, extract_descriptors, multiscale_descriptor, preset, scale_image
 from tests.conftest import oracle_model_case
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -46,15 +46,25 @@ def test_cirtorch_family_crops_by_rounding_and_thumbnails_the_crop_at_the_full_i
     torch.testing.assert_close(x, normalise(np.asarray(crop)), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("name", "down"), [("cvnet", cv2.INTER_AREA), ("dolg", cv2.INTER_LINEAR)])
-def test_pycls_family_truncates_the_box_and_resizes_the_uint8_image_per_scale_with_opencv(name, down, photo):
-    cfg = PRESETS[name]
+def test_cvnet_truncates_the_box_and_resizes_the_uint8_image_per_scale_with_opencv(photo):
+    cfg = PRESETS["cvnet"]
     arr = np.asarray(Image.open(photo).convert("RGB"))[20:251, 30:380]  # int() of every coordinate
     xs = items(cfg, photo)
     assert len(xs) == len(cfg.scales)
     for s, x in zip(cfg.scales, xs, strict=True):
-        mode = down if s < 1 else cv2.INTER_LINEAR
+        mode = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
         expected = arr if s == 1.0 else cv2.resize(arr, (0, 0), fx=s, fy=s, interpolation=mode)
+        torch.testing.assert_close(x, normalise(expected), rtol=0, atol=0)
+
+
+def test_dolg_truncates_the_box_and_resizes_the_float_image_per_scale_with_opencv(photo):
+    cfg = PRESETS["dolg"]
+    arr = np.asarray(Image.open(photo).convert("RGB"))[20:251, 30:380].astype(np.float32)
+    xs = items(cfg, photo)
+    assert [tuple(x.shape[1:]) for x in xs] == [(82, 124), (116, 175), (163, 247), (231, 350), (327, 495)]
+    for s, x in zip(cfg.scales, xs, strict=True):
+        size = (round(350 * s), round(231 * s))
+        expected = arr if s == 1.0 else cv2.resize(arr, size, interpolation=cv2.INTER_LINEAR)
         torch.testing.assert_close(x, normalise(expected), rtol=0, atol=0)
 
 
@@ -66,8 +76,8 @@ def test_superglobal_feeds_the_truncated_crop_at_original_size_once(photo):
 
 
 def test_preset_scale_sets_and_recorded_settings():
-    assert PRESETS["cvnet"].scales == pytest.approx((1 / math.sqrt(2), 1, math.sqrt(2)))
-    assert PRESETS["dolg"].scales == pytest.approx((0.35355, 0.5, 0.70711, 1, 1.41421), abs=1e-5)
+    assert PRESETS["cvnet"].scales == (0.7071, 1.0, 1.4142)
+    assert PRESETS["dolg"].scales == (0.3535, 0.5, 0.7071, 1.0, 1.4142)
     assert PRESETS["spca"].scales == pytest.approx((1, math.sqrt(2), 1 / math.sqrt(2)))
     assert PRESETS["revisitop"].scales == pytest.approx((1, 1 / math.sqrt(2), 0.5))
     for name, cfg in PRESETS.items():
@@ -93,3 +103,22 @@ def test_opencv_scaling_reproduces_the_official_cvnet_resized_images():
         expected = rec["inputs"][f"ms_image_u8_scale{s}"].numpy()
         got = np.stack([scale_image(im, float(s), "cv2-area-linear") for im in images])
         np.testing.assert_array_equal(got, expected)
+
+
+def _png_copies(images_bgr: np.ndarray, folder) -> list:
+    """The oracle's BGR uint8 images as lossless RGB PNG files (what the official DataLoaders read)."""
+    paths = []
+    for i, im in enumerate(images_bgr):
+        paths.append(folder / f"img_{i}.png")
+        Image.fromarray(np.ascontiguousarray(im[..., ::-1])).save(paths[-1])
+    return paths
+
+
+def test_dolg_preset_with_the_converted_official_model_reproduces_the_official_multiscale_descriptor(tmp_path):
+    from irlib.models import create_model, load_checkpoint
+
+    rec, state_dict, _ = oracle_model_case("dolg_r50.pt")
+    model = load_checkpoint(create_model("dolg", backbone="resnet50"), state_dict, source="dolg")
+    paths = _png_copies(rec["inputs"]["ms_image_u8"].numpy(), tmp_path)
+    got = extract_descriptors(model, paths, cfg=preset("dolg", crop_queries=False), progress=False)
+    np.testing.assert_allclose(got, rec["outputs"]["ms_global_desc"].numpy(), rtol=0, atol=1e-6)
