@@ -1,0 +1,191 @@
+"""DELG (Cao, Araujo, Sim, ECCV 2020): GeM (p=3 fixed) + FC whitening global descriptor, optional DELF-style
+local branch (attention + autoencoder) on stop-gradient stride-16 features.
+
+Global branch (``tensorflow/models`` ``research/delf/delf/python/training/model/delg_model.py``): last backbone
+feature map ``(B, C, h, w)`` -> GeM with fixed p = 3 -> Linear C -> ``dim`` (2048, with bias) -> L2.
+
+Local branch (``local_branch=True``), on the stride-16 stage (ResNet ``layer3`` = "conv4"/"block3") detached from
+the graph, as ``block3 = tf.stop_gradient(block3)`` in DELG's ``train.py``, so its losses never train the backbone:
+
+- attention: ``score = Conv1x1_{512->1}(ReLU(BN(Conv1x1_{C3->512}(F3))))``, ``attention = softplus(score)``;
+- autoencoder: ``L = Conv1x1_{C3->128}(F3)`` (the 128-d local descriptors), ``F3' = ReLU(Conv1x1_{128->C3}(L))``;
+- attention pooling (input of the attention classifier in training):
+  ``mean_{ij}(attention_ij * F3'_ij / ||F3'_ij||)`` ``(B, C3)``.
+
+The BN in the attention module and the ReLU on the reconstruction follow the DELF/DELG TF2 code as we recall it
+([recalled], not in ``methods.md``). Classifiers (ArcFace m = 0.1, s = 45.25 on the descriptor; softmax on the
+attention-pooled vector) are training heads outside the model; :func:`reconstruction_loss` is DELG's L_r.
+
+``inspect`` keys: ``"features"`` ``(B, C, h, w)``, ``"descriptor"`` ``(B, dim)``; with the local branch also
+``"attention"`` ``(B, h3, w3)`` (softplus scores) and ``"local_features"`` ``(B, 128, h3, w3)`` (h3 = 2h, w3 = 2w
+for stride-32 backbones).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from irlib.models._registry import register_model
+from irlib.models.backbones import (
+    backbone_data_config,
+    create_backbone,
+    load_backbone_weights,
+    load_state_dict_strict,
+    read_state_dict,
+)
+from irlib.models.base import RetrievalModel
+from irlib.models.pooling import GeM
+
+
+def stride16_stage_index(backbone: nn.Module) -> int:
+    """Index (for timm ``forward_intermediates``) of the last feature stage with stride 16 (ResNet ``layer3``)."""
+    stages = [i for i, info in enumerate(backbone.feature_info) if info["reduction"] == 16]
+    if not stages:
+        raise ValueError(f"backbone {type(backbone).__name__} has no stride-16 feature stage")
+    return stages[-1]
+
+
+def reconstruction_loss(stage3: Tensor, reconstruction: Tensor) -> Tensor:
+    """DELG's autoencoder loss (Cao et al., ECCV 2020): mean squared error, ``(B,C3,h,w)`` x2 -> scalar."""
+    return F.mse_loss(reconstruction, stage3)
+
+
+class DELGAttention(nn.Module):
+    """DELF attention: ``(B, C3, h, w)`` -> softplus scores ``(B, h, w)`` (Noh et al., ICCV 2017)."""
+
+    def __init__(self, in_channels: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, hidden, 1)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.conv2 = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C3, h, w)`` -> ``(B, h, w)`` non-negative attention."""
+        return F.softplus(self.conv2(F.relu(self.bn(self.conv1(x))))).squeeze(1)
+
+
+class DELGAutoencoder(nn.Module):
+    """1x1-conv autoencoder: ``(B, C3, h, w)`` -> (reconstruction ``(B, C3, h, w)``, code ``(B, dim, h, w)``)."""
+
+    def __init__(self, in_channels: int, dim: int = 128) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, dim, 1)
+        self.expand = nn.Conv2d(dim, in_channels, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C3, h, w)`` -> ``(ReLU(expand(code)), code)``."""
+        code = self.reduce(x)
+        return F.relu(self.expand(code)), code
+
+
+@register_model("delg")
+class DELG(RetrievalModel):
+    """DELG: (B,3,H,W) images -> (B, ``dim``) unit-norm global descriptors; optional local branch.
+
+    ``dim``: FC whitening output (2048 in the paper); ``local_branch``: add attention + autoencoder on the
+    stride-16 stage (``local_dim``-d codes, ``attention_hidden`` channels), trained through :meth:`forward_train`.
+    ``weights``: a local state dict of the whole model (keys ``backbone.*``, loaded strictly) or of the bare timm
+    backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        *,
+        pretrained: bool = False,
+        weights: str | os.PathLike | None = None,
+        dim: int = 2048,
+        local_branch: bool = False,
+        local_dim: int = 128,
+        attention_hidden: int = 512,
+    ) -> None:
+        super().__init__()
+        if pretrained and weights is not None:
+            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
+        self.backbone, channels = create_backbone(backbone, pretrained=pretrained)
+        self.pool = GeM(p=3.0)
+        self.whiten = nn.Linear(channels, dim)
+        self.local_branch = local_branch
+        self._stage3 = stride16_stage_index(self.backbone)
+        if local_branch:
+            c3 = int(self.backbone.feature_info[self._stage3]["num_chs"])
+            self.attention = DELGAttention(c3, attention_hidden)
+            self.autoencoder = DELGAutoencoder(c3, local_dim)
+        self.feat_dim: int = dim
+        self.data_config: dict[str, Any] = backbone_data_config(backbone, self.backbone)
+        self.config: dict[str, Any] = {
+            "method": "delg",
+            "backbone": backbone,
+            "pretrained": pretrained,
+            "weights": os.fspath(weights) if weights is not None else None,
+            "dim": dim,
+            "local_branch": local_branch,
+            "local_dim": local_dim,
+            "attention_hidden": attention_hidden,
+        }
+        if weights is not None:
+            state_dict, source = read_state_dict(weights), os.fspath(weights)
+            if any(k.startswith("backbone.") for k in state_dict):
+                load_state_dict_strict(self, state_dict, source)
+            else:
+                load_backbone_weights(self.backbone, state_dict, source)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B,3,H,W) normalised images -> (B,C,h,w) last backbone feature map."""
+        return self.backbone(self.to_backbone_order(x))
+
+    def _global(self, features: Tensor) -> Tensor:
+        return F.normalize(self.whiten(self.pool(features)), dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B,3,H,W) normalised images -> (B,D) L2-normalised global descriptors, D = ``feat_dim``."""
+        return self._global(self.forward_features(x))
+
+    def forward_train(self, x: Tensor) -> dict[str, Tensor]:
+        """Everything training needs in one backbone pass.
+
+        Returns ``"descriptor"`` (B,D); with the local branch also ``"stage3"`` (B,C3,h3,w3, detached),
+        ``"attention"`` (B,h3,w3), ``"local_features"`` (B,local_dim,h3,w3), ``"reconstruction"`` (B,C3,h3,w3)
+        and ``"attention_pooled"`` (B,C3), the input of the attention classifier.
+        """
+        if not self.local_branch:
+            return {"descriptor": self(x)}
+        features, (stage3,) = self.backbone.forward_intermediates(self.to_backbone_order(x), indices=[self._stage3])
+        out = self.local_outputs(stage3)
+        out["descriptor"] = self._global(features)
+        return out
+
+    def local_outputs(self, stage3: Tensor) -> dict[str, Tensor]:
+        """Local branch on ``stage3`` (B,C3,h3,w3), detached first (DELG's stop-gradient); keys as
+        :meth:`forward_train` minus ``"descriptor"``."""
+        if not self.local_branch:
+            raise RuntimeError("this DELG model was built with local_branch=False")
+        stage3 = stage3.detach()
+        attention = self.attention(stage3)
+        reconstruction, local_features = self.autoencoder(stage3)
+        pooled = (F.normalize(reconstruction, dim=1) * attention.unsqueeze(1)).mean(dim=(-2, -1))
+        return {
+            "stage3": stage3,
+            "attention": attention,
+            "local_features": local_features,
+            "reconstruction": reconstruction,
+            "attention_pooled": pooled,
+        }
+
+    def inspect(self, x: Tensor) -> dict[str, Tensor]:
+        """``"features"``, ``"descriptor"``; with the local branch ``"attention"`` (B,h3,w3) and
+        ``"local_features"`` (B,local_dim,h3,w3)."""
+        if not self.local_branch:
+            return super().inspect(x)
+        features, (stage3,) = self.backbone.forward_intermediates(self.to_backbone_order(x), indices=[self._stage3])
+        local = self.local_outputs(stage3)
+        return {
+            "features": features,
+            "descriptor": self._global(features),
+            "attention": local["attention"],
+            "local_features": local["local_features"],
+        }

@@ -1,0 +1,107 @@
+"""BatchFormer wrapper: identity at eval, two training streams, gradients, weights, any wrapped method."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from irlib.models import create_model
+from irlib.models.batchformer import BatchFormer
+
+BACKBONE = "resnet18"
+BASES = {
+    "gem": {"whitening": 64},
+    "delg": {"dim": 64, "local_branch": True},
+    "senet": {"dim": 64, "mid_dim": 16},
+    "ultron": {"dim": 64, "embed_dim": 32, "depth": 1, "heads": 4, "cd_depth": 1},
+}
+
+
+def _images(batch: int = 3, size: int = 32) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("base", list(BASES))
+def test_eval_forward_is_exactly_the_wrapped_model(base: str) -> None:
+    torch.manual_seed(0)
+    model = create_model("batchformer", backbone=BACKBONE, base=base, **BASES[base]).eval()
+    assert isinstance(model, BatchFormer) and model.config["base"] == base and model.feat_dim == 64
+    assert model.config["base_config"] == model.model.config and model.data_config == model.model.data_config
+    with torch.no_grad():
+        assert torch.equal(model(_images()), model.model(_images()))
+
+
+def test_wraps_a_built_model_and_exposes_two_streams() -> None:
+    torch.manual_seed(0)
+    inner = create_model("gem", backbone=BACKBONE, whitening=32)
+    model = BatchFormer(inner, dropout=0.0)
+    assert model.model is inner and model.config["base"] == "gem" and model.config["nhead"] == 4
+    assert model.batchformer.linear1.out_features == 32  # dim_feedforward defaults to D
+    model.train()
+    x = _images()
+    desc, attended = model.forward_train(x)
+    assert desc.shape == attended.shape == (3, 32)
+    torch.testing.assert_close(attended.norm(dim=1), torch.ones(3))
+    expected = F.normalize(model.batchformer(desc.unsqueeze(1)).squeeze(1), dim=-1)
+    torch.testing.assert_close(attended, expected)
+    # the batch is the sequence: another third sample changes the first sample's attended output
+    with torch.no_grad():
+        changed = model.attend(torch.cat([desc[:2], -desc[2:]]))
+    assert not torch.allclose(changed[0], attended[0])
+    with pytest.raises(ValueError, match="only apply when the model is built here"):
+        BatchFormer(inner, whitening=8)
+
+
+def test_gradients_reach_every_parameter_through_both_streams() -> None:
+    torch.manual_seed(0)
+    model = create_model("batchformer", backbone=BACKBONE, base="delg", dim=64).train()
+    for module in model.modules():  # timm ResNets zero-initialise each block's last BN scale
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    head = torch.nn.Linear(64, 5)  # the shared classifier
+    labels = torch.tensor([0, 3, 1])
+    desc, attended = model.forward_train(_images())
+    F.cross_entropy(head(torch.cat([desc, attended])), labels.repeat(2)).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing
+
+
+def test_inspect_adds_batch_attention() -> None:
+    model = create_model("batchformer", backbone=BACKBONE, base="delg", dim=64, local_branch=True).eval()
+    with torch.no_grad():
+        ins = model.inspect(_images())
+    assert {k: tuple(v.shape) for k, v in ins.items()} == {
+        "features": (3, 512, 1, 1),
+        "descriptor": (3, 64),
+        "attention": (3, 2, 2),
+        "local_features": (3, 128, 2, 2),
+        "batch_attention": (3, 3),
+    }
+    torch.testing.assert_close(ins["batch_attention"].sum(-1), torch.ones(3))
+
+
+def test_bgr_flag_is_the_wrapped_models() -> None:
+    model = create_model("batchformer", backbone=BACKBONE, whitening=16)
+    assert model.bgr_weights is False
+    model.bgr_weights = True
+    assert model.model.bgr_weights is True and model.bgr_weights is True
+
+
+def test_weights_whole_wrapper_or_wrapped_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = create_model("batchformer", backbone=BACKBONE, whitening=16)
+    path = tmp_path / "bf.pth"
+    torch.save(source.state_dict(), path)
+    loaded = create_model("batchformer", backbone=BACKBONE, whitening=16, weights=path)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in loaded.state_dict().items())
+    torch.save(source.model.state_dict(), path)
+    inner_only = create_model("batchformer", backbone=BACKBONE, whitening=16, weights=path)
+    assert torch.equal(inner_only.model.whiten.weight, source.model.whiten.weight)
+    assert inner_only.config["weights"] == str(path) and inner_only.model.config["weights"] == str(path)
+    with pytest.raises(ValueError, match="whole-BatchFormer"):
+        BatchFormer(source.model, weights=path)
+    broken = {k: v for k, v in source.state_dict().items() if k != "batchformer.linear1.weight"}
+    torch.save(broken, path)
+    with pytest.raises(ValueError, match="missing keys: batchformer.linear1.weight"):
+        create_model("batchformer", backbone=BACKBONE, whitening=16, weights=path)
