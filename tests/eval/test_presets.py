@@ -122,3 +122,13 @@ def test_dolg_preset_with_the_converted_official_model_reproduces_the_official_m
     paths = _png_copies(rec["inputs"]["ms_image_u8"].numpy(), tmp_path)
     got = extract_descriptors(model, paths, cfg=preset("dolg", crop_queries=False), progress=False)
     np.testing.assert_allclose(got, rec["outputs"]["ms_global_desc"].numpy(), rtol=0, atol=1e-6)
+
+
+def test_cvnet_preset_with_the_converted_official_model_reproduces_the_official_multiscale_descriptor(tmp_path):
+    from irlib.models import create_model, load_checkpoint
+
+    rec, state_dict, _ = oracle_model_case("cvnet_global_r50.pt")
+    model = load_checkpoint(create_model("cvnet", backbone="resnet50"), state_dict, source="cvnet")
+    paths = _png_copies(rec["inputs"]["ms_image_u8"].numpy(), tmp_path)
+    got = extract_descriptors(model, paths, cfg=preset("cvnet", crop_queries=False), progress=False)
+    np.testing.assert_allclose(got, rec["outputs"]["ms_global_desc"].numpy(), rtol=0, atol=1e-6)
