@@ -38,6 +38,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_evaluator.py
 	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_models.py
 
 ## make strip: remove outputs from notebooks before committing (cell tags are kept).
 strip: $(STAMP)

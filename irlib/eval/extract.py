@@ -281,7 +281,11 @@ def extract_descriptors(
     device = cfg.resolved_device()
     was_training = model.training
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.eval().to(device, memory_format=memory_format)
+    model.eval().to(device)
+    try:
+        model.to(memory_format=memory_format)
+    except RuntimeError:  # 5-D weights (e.g. SENet's Conv3d) cannot be channels_last
+        memory_format = torch.contiguous_format
     images = _Images([Path(p) for p in paths], boxes, cfg, data_config["mean"], data_config["std"], dataset)
     loader = DataLoader(images, batch_size=None, num_workers=cfg.num_workers)
     out = np.empty((len(paths), model.feat_dim), dtype=np.float16 if cfg.fp16 else np.float32)

@@ -123,3 +123,10 @@ def test_a_missing_image_names_file_and_dataset(tiny_revisited, model):
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ExtractConfig(**kwargs)
+
+
+def test_models_with_5d_weights_extract_without_channels_last(tiny_revisited):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    model = create_model("senet", backbone="resnet18")
+    out = extract_descriptors(model, ds.db_paths[:2], cfg=ExtractConfig(image_size=64, scales=(1.0,)), progress=False)
+    assert out.shape == (2, model.feat_dim) and np.isfinite(out).all()
