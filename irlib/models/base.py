@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torch import Tensor, nn
+
+from irlib.models.backbones import load_backbone_weights, load_state_dict_strict, read_state_dict
 
 
 class RetrievalModel(nn.Module):
@@ -26,6 +29,19 @@ class RetrievalModel(nn.Module):
     data_config: dict[str, Any]
     config: dict[str, Any]
     bgr_weights: bool = False
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Strictly load a local file (optionally under ``model_state``/``state_dict``/``model``).
+
+        Keys ``backbone.*`` make it the whole model's state dict; otherwise it is the bare backbone's (timm and
+        torchvision layout, its ImageNet classifier dropped, or a pycls-layout ResNet, which marks the weights
+        BGR). Missing/unexpected keys or shape mismatches -> ValueError naming the file and the keys.
+        """
+        state_dict, source = read_state_dict(path), os.fspath(path)
+        if any(k.startswith("backbone.") for k in state_dict):
+            load_state_dict_strict(self, state_dict, source)
+        else:
+            self.bgr_weights = load_backbone_weights(self.backbone, state_dict, source)
 
     def to_backbone_order(self, x: Tensor) -> Tensor:
         """RGB input -> the channel order of the backbone weights (ImageNet RGB statistics flip with it)."""

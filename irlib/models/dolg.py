@@ -48,9 +48,6 @@ from irlib.models._registry import register_model
 from irlib.models.backbones import (
     backbone_data_config,
     create_backbone,
-    load_backbone_weights,
-    load_state_dict_strict,
-    read_state_dict,
 )
 from irlib.models.base import RetrievalModel
 from irlib.models.checkpoints import pycls_resnet_key, register_converter
@@ -196,15 +193,6 @@ class DOLG(RetrievalModel):
         }
         if weights is not None:
             self.load_weights(weights)
-
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Strictly load a local irlib state dict: the whole model's (keys ``backbone.*``, ``local.*``, ...) or
-        the bare timm backbone's (its ImageNet classifier dropped). Mismatches -> ValueError naming the keys."""
-        state_dict = read_state_dict(path)
-        if any(k.startswith("backbone.") for k in state_dict):
-            load_state_dict_strict(self, state_dict, os.fspath(path))
-        else:
-            load_backbone_weights(self.backbone, state_dict, os.fspath(path))
 
     def _stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B,3,H,W) RGB -> (f3 (B,C3,h3,w3), f4 (B,C4,h4,w4))."""

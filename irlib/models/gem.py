@@ -12,9 +12,6 @@ from irlib.models._registry import register_model
 from irlib.models.backbones import (
     backbone_data_config,
     create_backbone,
-    load_backbone_weights,
-    load_state_dict_strict,
-    read_state_dict,
 )
 from irlib.models.base import RetrievalModel
 from irlib.models.pooling import GeM
@@ -60,21 +57,6 @@ class GeMNet(RetrievalModel):
         }
         if weights is not None:
             self.load_weights(weights)
-
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Strictly load a local state dict (optionally under ``"state_dict"``/``"model"``).
-
-        Keys prefixed ``backbone.`` are the whole GeMNet's; otherwise they are the bare timm backbone's
-        (its ImageNet classifier keys are dropped) or a pycls-layout ResNet's (CVNet/DOLG family; BGR weights,
-        so the model flips its RGB input). Missing/unexpected keys or shape mismatches ->
-        ValueError naming the file and the keys.
-        """
-        state_dict = read_state_dict(path)
-        source = os.fspath(path)
-        if any(k.startswith("backbone.") for k in state_dict):
-            load_state_dict_strict(self, state_dict, source)
-        else:
-            self.bgr_weights = load_backbone_weights(self.backbone, state_dict, source)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised images -> (B,C,h,w) last backbone feature map."""

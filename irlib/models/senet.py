@@ -37,9 +37,6 @@ from irlib.models._registry import register_model
 from irlib.models.backbones import (
     backbone_data_config,
     create_backbone,
-    load_backbone_weights,
-    load_state_dict_strict,
-    read_state_dict,
 )
 from irlib.models.base import RetrievalModel
 from irlib.models.pooling import GeM
@@ -138,11 +135,7 @@ class SENet(RetrievalModel):
             "p": p,
         }
         if weights is not None:
-            state_dict, source = read_state_dict(weights), os.fspath(weights)
-            if any(k.startswith("backbone.") for k in state_dict):
-                load_state_dict_strict(self, state_dict, source)
-            else:
-                load_backbone_weights(self.backbone, state_dict, source)
+            self.load_weights(weights)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised images -> (B,C,h,w) SSM output."""

@@ -76,9 +76,6 @@ from irlib.models._registry import register_model
 from irlib.models.backbones import (
     backbone_data_config,
     create_backbone,
-    load_backbone_weights,
-    load_state_dict_strict,
-    read_state_dict,
 )
 from irlib.models.base import RetrievalModel
 from irlib.models.checkpoints import register_converter
@@ -402,14 +399,6 @@ class SpCa(RetrievalModel):
         }
         if weights is not None:
             self.load_weights(weights)
-
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Strictly load a local irlib state dict (``backbone.*`` keys) or a bare timm backbone state dict."""
-        state_dict = read_state_dict(path)
-        if any(k.startswith("backbone.") for k in state_dict):
-            load_state_dict_strict(self, state_dict, os.fspath(path))
-        else:
-            load_backbone_weights(self.backbone, state_dict, os.fspath(path))
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay (timm convention): the log-parametrised mixture
