@@ -51,7 +51,7 @@ class CVNetGlobal(GeMNet):
     Args:
         backbone: timm CNN (the official models are ``resnet50`` and ``resnet101``).
         pretrained: ImageNet backbone weights.
-        weights: a local irlib state dict (see :meth:`GeMNet.load_weights`).
+        weights: a local irlib state dict (see :meth:`RetrievalModel.load_weights`).
         p: initial GeM exponent (learnable).
         dim: output size D of the FC "whitening" layer (2048 in the paper).
 
