@@ -7,7 +7,7 @@ when imported; ``create_model`` and ``list_models`` import all of them.
 from irlib.models._registry import create_model, list_models, register_model
 from irlib.models.backbones import create_backbone
 from irlib.models.base import RetrievalModel
-from irlib.models.checkpoints import load_checkpoint, register_converter
+from irlib.models.checkpoints import load_checkpoint, register_converter, save_checkpoint
 from irlib.models.gem import GeMNet
 from irlib.models.pooling import GeM, gem
 
@@ -22,4 +22,5 @@ __all__ = [
     "load_checkpoint",
     "register_converter",
     "register_model",
+    "save_checkpoint",
 ]

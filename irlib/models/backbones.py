@@ -69,18 +69,28 @@ def backbone_data_config(name: str, backbone: nn.Module) -> dict[str, Any]:
     }
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a state dict file; a container holding it under ``model_state`` (pycls), ``state_dict`` or ``model``
-    is unwrapped."""
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a weights file: ``(state_dict, metadata)``.
+
+    A container holding the state dict under ``model_state`` (pycls), ``state_dict`` or ``model`` is unwrapped;
+    its other entries are the metadata (e.g. ``bgr_weights`` and ``config`` written by ``save_checkpoint``).
+    """
     obj = torch.load(path, map_location="cpu", weights_only=True)
+    meta: dict[str, Any] = {}
     if isinstance(obj, Mapping):
         for key in ("model_state", "state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
+                meta = {k: v for k, v in obj.items() if k != key}
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{os.fspath(path)} does not hold a state dict (a mapping of names to tensors).")
-    return dict(obj)
+    return dict(obj), meta
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict of a weights file (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path)[0]
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from irlib.models.backbones import load_backbone_weights, load_state_dict_strict, read_state_dict
+from irlib.models.backbones import load_backbone_weights, load_state_dict_strict, read_checkpoint
 
 
 class RetrievalModel(nn.Module):
@@ -35,11 +35,14 @@ class RetrievalModel(nn.Module):
 
         Keys ``backbone.*`` make it the whole model's state dict; otherwise it is the bare backbone's (timm and
         torchvision layout, its ImageNet classifier dropped, or a pycls-layout ResNet, which marks the weights
-        BGR). Missing/unexpected keys or shape mismatches -> ValueError naming the file and the keys.
+        BGR). A file from :func:`irlib.models.checkpoints.save_checkpoint` also restores ``bgr_weights``.
+        Missing/unexpected keys or shape mismatches -> ValueError naming the file and the keys.
         """
-        state_dict, source = read_state_dict(path), os.fspath(path)
+        state_dict, meta = read_checkpoint(path)
+        source = os.fspath(path)
         if any(k.startswith("backbone.") for k in state_dict):
             load_state_dict_strict(self, state_dict, source)
+            self.bgr_weights = bool(meta.get("bgr_weights", False))
         else:
             self.bgr_weights = load_backbone_weights(self.backbone, state_dict, source)
 

@@ -11,12 +11,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
+import torch
 from torch import Tensor, nn
 
+from irlib.io import atomic_path
 from irlib.models._registry import import_method_modules
-from irlib.models.backbones import load_state_dict_strict, pycls_resnet_key, read_state_dict
+from irlib.models.backbones import load_state_dict_strict, pycls_resnet_key, read_checkpoint
 
-__all__ = ["Converter", "list_checkpoint_sources", "load_checkpoint", "pycls_resnet_key", "register_converter"]
+__all__ = [
+    "Converter",
+    "list_checkpoint_sources",
+    "load_checkpoint",
+    "pycls_resnet_key",
+    "register_converter",
+    "save_checkpoint",
+]
 
 Converter = Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
 """``fn(official_state_dict, model) -> irlib_state_dict``; raises ``ValueError`` naming unmappable keys."""
@@ -34,6 +43,24 @@ def register_converter(source: str) -> Callable[[Converter], Converter]:
         return fn
 
     return decorator
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``{"state_dict", "config", "bgr_weights", "irlib_version"}`` atomically.
+
+    Unlike a bare ``torch.save(model.state_dict())``, the file keeps ``bgr_weights``, so a converted official
+    pycls-family model (BGR weights) reloaded with ``weights=PATH`` or :func:`load_checkpoint` still flips its input.
+    """
+    import irlib
+
+    payload = {
+        "state_dict": model.state_dict(),
+        "config": dict(getattr(model, "config", {})),
+        "bgr_weights": bool(getattr(model, "bgr_weights", False)),
+        "irlib_version": irlib.__version__,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def list_checkpoint_sources() -> list[str]:
@@ -56,8 +83,10 @@ def load_checkpoint(
     if source not in _CONVERTERS:
         raise ValueError(f"unknown checkpoint source {source!r}; available: {', '.join(list_checkpoint_sources())}")
     if isinstance(checkpoint, Mapping):
-        state_dict, label = dict(checkpoint), f"the given {source} state dict"
+        state_dict, meta, label = dict(checkpoint), {}, f"the given {source} state dict"
     else:
-        state_dict, label = read_state_dict(checkpoint), f"{os.fspath(checkpoint)} ({source})"
+        (state_dict, meta), label = read_checkpoint(checkpoint), f"{os.fspath(checkpoint)} ({source})"
     load_state_dict_strict(model, _CONVERTERS[source](state_dict, model), label)
+    if "bgr_weights" in meta:
+        model.bgr_weights = bool(meta["bgr_weights"])
     return model

@@ -33,3 +33,28 @@ def test_irlib_checkpoints_round_trip_and_unknown_sources_are_named(tmp_path):
     assert "irlib" in list_checkpoint_sources()
     with pytest.raises(ValueError, match="unknown checkpoint source 'cvnett'"):
         load_checkpoint(b, a.state_dict(), source="cvnett")
+
+
+def test_save_checkpoint_keeps_the_bgr_flag_of_a_converted_official_model(tmp_path):
+    from irlib.models import save_checkpoint
+
+    manifest = json.loads(shared_path("reference", "manifests", "cvnet_state_dict_manifest.json").read_text())
+    torch.manual_seed(0)
+    official = {
+        e["key"]: torch.zeros((), dtype=torch.int64) if e["dtype"] == "int64" else torch.randn(e["shape"]) * 0.05
+        for e in manifest["R50"]["state_dict"]
+        if e["key"].startswith("encoder_q.")
+    }
+    official["encoder_q.head.pool.p"] = torch.tensor([3.0])
+    official.update({k: torch.rand_like(v) + 0.5 for k, v in official.items() if k.endswith("running_var")})
+    converted = load_checkpoint(create_model("cvnet"), official, source="cvnet").eval()
+    assert converted.bgr_weights
+    save_checkpoint(converted, tmp_path / "cvnet_irlib.pth")
+    for reloaded in (
+        create_model("cvnet", weights=tmp_path / "cvnet_irlib.pth"),
+        load_checkpoint(create_model("cvnet"), tmp_path / "cvnet_irlib.pth"),
+    ):
+        assert reloaded.bgr_weights
+        x = torch.randn(1, 3, 64, 64)
+        with torch.inference_mode():
+            torch.testing.assert_close(reloaded.eval()(x), converted(x))
