@@ -1,0 +1,1 @@
+"""Training: configs and recipes (``config``), the engine (``engine``)."""

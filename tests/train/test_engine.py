@@ -1,0 +1,137 @@
+"""The training loop: exact resume after preemption, accumulation, NaN stop, lr schedule, weight-decay groups."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from irlib.train.config import TrainConfig
+from irlib.train.engine import Trainer, lr_at, param_groups
+
+
+class NoisyImages(torch.utils.data.Dataset):
+    """64 random 3x16x16 images in 4 classes; every read adds fresh noise (a stand-in for random augmentation)."""
+
+    num_classes = 4
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(64, 3, 16, 16, generator=g)
+        self.y = torch.arange(64) % 4
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int):
+        return self.x[i] + 0.1 * torch.randn(3, 16, 16), int(self.y[i])
+
+
+class TinyNet(nn.Module):
+    feat_dim = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return nn.functional.normalize(self.bn(self.conv(x)).relu().mean(dim=(2, 3)), dim=-1)
+
+
+class Softmax(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x, y):
+        return nn.functional.cross_entropy(10 * self.fc(x), y)
+
+
+def make(tmp_path, **overrides) -> Trainer:
+    torch.manual_seed(1)
+    cfg = TrainConfig(
+        global_batch=8,
+        accumulation=2,
+        epochs=2,
+        lr=0.1,
+        warmup_epochs=0.5,
+        warmup_lr=0.01,
+        checkpoint_every=5,
+        log_every=1,
+        out_dir=str(tmp_path),
+        channels_last=False,
+        **overrides,
+    )
+    return Trainer(cfg, NoisyImages(), model=TinyNet(), loss=Softmax())
+
+
+def weights(t: Trainer) -> dict[str, torch.Tensor]:
+    return {**t.model.state_dict(), **{f"loss.{k}": v for k, v in t.loss.state_dict().items()}}
+
+
+def test_a_run_preempted_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
+    straight = make(tmp_path / "a")
+    straight.fit()
+    assert straight.step == 16 == straight.total_steps
+
+    interrupted = make(tmp_path / "b")
+    step = interrupted._optimiser_step
+
+    def preempt_at_step_7(group):
+        out = step(group)
+        if interrupted.step == 6:  # the 7th optimiser step is running
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    interrupted._optimiser_step = preempt_at_step_7
+    result = interrupted.fit()
+    assert result["preempted"] and interrupted.step == 7  # mid-epoch: 8 steps per epoch
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 7
+
+    resumed = make(tmp_path / "b")
+    resumed.fit(resume=True)
+    assert resumed.step == 16
+    for k, v in weights(straight).items():
+        assert torch.equal(v, weights(resumed)[k]), k
+
+
+def test_metrics_are_logged_as_jsonl_and_the_config_is_saved(tmp_path):
+    t = make(tmp_path, max_steps=3)
+    t.fit()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and '"loss"' in lines[0] and '"lr"' in lines[0]
+    assert TrainConfig.from_yaml(tmp_path / "config.yaml").max_steps == 3
+
+
+def test_non_finite_loss_stops_with_the_step_named_and_keeps_the_last_checkpoint(tmp_path):
+    t = make(tmp_path, max_steps=8)
+    real = t.loss.forward
+    t.loss.forward = lambda x, y: real(x, y) * (float("nan") if t.step == 6 else 1.0)
+    with pytest.raises(FloatingPointError, match="at step 7"):
+        t.fit()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 5
+
+
+def test_lr_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    cfg = TrainConfig(lr=0.01, warmup_lr=1e-4, min_lr=0.0)
+    assert lr_at(0, 100, 10, cfg) == pytest.approx(1e-4)
+    assert lr_at(5, 100, 10, cfg) == pytest.approx(1e-4 + 0.5 * (0.01 - 1e-4))
+    assert lr_at(10, 100, 10, cfg) == pytest.approx(0.01)
+    assert lr_at(55, 100, 10, cfg) == pytest.approx(0.005)
+    assert lr_at(100, 100, 10, cfg) == pytest.approx(0.0)
+
+
+def test_one_dimensional_tensors_get_no_weight_decay():
+    groups = param_groups([TinyNet(), Softmax()], 1e-4, no_decay_1d=True)
+    assert [tuple(p.shape) for p in groups[0]["params"]] == [(8, 3, 3, 3), (4, 8)]
+    assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 4
+    assert len(param_groups([TinyNet()], 1e-4, no_decay_1d=False)[1]["params"]) == 0
+
+
+def test_batch_must_split_evenly(tmp_path):
+    with pytest.raises(ValueError, match="multiple of accumulation"):
+        TrainConfig(global_batch=10, accumulation=3)
