@@ -11,6 +11,7 @@ the model, loss, optimiser, scaler and RNG states and the position in the epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -72,6 +73,18 @@ def param_groups(modules: list[nn.Module], weight_decay: float, no_decay_1d: boo
                 continue
             (no_decay if no_decay_1d and (p.ndim <= 1 or name in skip) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Objective(nn.Module):
+    """``(images, labels) -> loss``: model and loss as one module, so DDP synchronises the gradients of both
+    (a margin head's class weights included)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+        return self.loss(self.model(images), labels)
 
 
 def git_commit() -> dict[str, Any]:
@@ -136,6 +149,13 @@ class Trainer:
                 self.model.to(memory_format=torch.channels_last)
             except RuntimeError:  # 5-D weights cannot be channels_last
                 pass
+        self.objective: nn.Module = Objective(self.model, self.loss)
+        if self.world > 1:
+            if self.device.type == "cuda":  # SyncBatchNorm needs GPU tensors; on CPU (gloo) BN stays per process
+                self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
+                self.model, self.loss = self.objective.model, self.objective.loss
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.items = SeededItems(dataset, cfg.seed)
         self.sampler_factory = sampler_factory or _shuffled_sampler
         self.optimizer = torch.optim.SGD(
@@ -178,6 +198,8 @@ class Trainer:
         if self.rank == 0:
             with atomic_path(path) as tmp:
                 torch.save(self.state_dict(), tmp)
+        if self.world > 1:
+            torch.distributed.barrier()
         return path
 
     def load(self, path: str | os.PathLike) -> None:
@@ -227,7 +249,7 @@ class Trainer:
             self.load(self.out / CHECKPOINT)
         if self.rank == 0:
             self.cfg.to_yaml(self.out / "config.yaml")
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if self.rank == 0 else None
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.model.train()
         self.loss.train()
         last: dict[str, Any] = {}
@@ -235,7 +257,7 @@ class Trainer:
         t0, seen = time.perf_counter(), 0
         try:
             for epoch, group in self._batches():
-                if self.step >= self.total_steps or self._stop:
+                if self.step >= self.total_steps or self._stopping():
                     break
                 loss_value, grad_norm = self._optimiser_step(group)
                 self.step += 1
@@ -253,7 +275,7 @@ class Trainer:
                     }
                     self._log(last)
                     bar.set_postfix(loss=f"{loss_value:.4f}")
-                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps or self._stop:
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps or self._stopping():
                     self.save()
         finally:
             bar.close()
@@ -268,20 +290,28 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
-        for images, labels in group:
+        for k, (images, labels) in enumerate(group):
             images = images.to(self.device, non_blocking=True)
             if self.cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = self.loss(self.model(images), labels) / self.cfg.accumulation
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) at step {self.step + 1}; training stopped, the last good "
-                    f"checkpoint is {self.out / CHECKPOINT}"
-                )
-            self.scaler.scale(loss).backward()
+            last = k == len(group) - 1
+            # DDP averages gradients only on the last micro-batch of the step
+            sync = self.objective.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = self.objective(images, labels) / self.cfg.accumulation
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss ({loss.item()}) at step {self.step + 1}; training stopped, the last good "
+                        f"checkpoint is {self.out / CHECKPOINT}"
+                    )
+                self.scaler.scale(loss).backward()
             total += loss.item()
+        if self.world > 1:  # log the loss of the global batch
+            reduced = torch.tensor([total], device=self.device)
+            torch.distributed.all_reduce(reduced)
+            total = reduced.item() / self.world
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
@@ -297,6 +327,15 @@ class Trainer:
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self._stop = True
+
+    def _stopping(self) -> bool:
+        """Whether any process was asked to stop (all processes then stop at the same step)."""
+        if self.world == 1:
+            return self._stop
+        flag = torch.tensor([int(self._stop)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self._stop = bool(flag.item())
+        return self._stop
 
 
 def _world() -> tuple[int, int]:
