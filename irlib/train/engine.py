@@ -30,9 +30,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from irlib.io import atomic_path
+from irlib.models.checkpoints import save_checkpoint
 from irlib.train.config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pth"
 
 
 class SeededItems(Dataset):
@@ -279,8 +281,9 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous)
+        if self.rank == 0 and self.step >= self.total_steps:
+            save_checkpoint(self.model, self.out / MODEL)  # descriptor model only, without the loss head
         return last | {"preempted": self._stop and self.step < self.total_steps}
 
     def _optimiser_step(self, group: list[tuple[Tensor, Tensor]]) -> tuple[float, float]:

@@ -92,9 +92,12 @@ def test_a_run_preempted_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
     assert result["preempted"] and interrupted.step == 7  # mid-epoch: 8 steps per epoch
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 7
 
+    assert not (tmp_path / "b" / "model.pth").exists()  # exported only when the run completes
     resumed = make(tmp_path / "b")
     resumed.fit(resume=True)
     assert resumed.step == 16
+    exported = torch.load(tmp_path / "b" / "model.pth", weights_only=True)["state_dict"]
+    assert exported.keys() == resumed.model.state_dict().keys()  # the descriptor model without the loss head
     for k, v in weights(straight).items():
         assert torch.equal(v, weights(resumed)[k]), k
 
