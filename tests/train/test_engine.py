@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -138,3 +139,35 @@ def test_one_dimensional_tensors_get_no_weight_decay():
 def test_batch_must_split_evenly(tmp_path):
     with pytest.raises(ValueError, match="multiple of accumulation"):
         TrainConfig(global_batch=10, accumulation=3)
+
+
+def test_accumulation_keeps_the_trajectory_of_the_full_batch(tmp_path):
+    from tests.train.test_distributed import TinyGroupNormNet  # no BatchNorm: batch statistics would differ
+
+    runs = []
+    for accumulation in (1, 4):
+        torch.manual_seed(1)
+        cfg = TrainConfig(
+            global_batch=8,
+            accumulation=accumulation,
+            max_steps=6,
+            lr=0.1,
+            warmup_epochs=0,
+            out_dir=str(tmp_path / str(accumulation)),
+            channels_last=False,
+            log_every=1,
+        )
+        t = Trainer(cfg, NoisyImages(), model=TinyGroupNormNet(), loss=Softmax())
+        t.fit()
+        runs.append(t)
+    for k, v in runs[0].model.state_dict().items():
+        torch.testing.assert_close(runs[1].model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    assert runs[1].optimizer.param_groups[0]["lr"] == runs[0].optimizer.param_groups[0]["lr"]  # lr not multiplied
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_fp16_uses_a_grad_scaler(tmp_path, amp):
+    t = make(tmp_path, max_steps=2, amp=amp)
+    assert t.scaler.is_enabled() == (amp == "fp16")
+    result = t.fit()
+    assert result["step"] == 2 and math.isfinite(result["loss"])
