@@ -1,4 +1,4 @@
-"""Command line: ``python -m irlib <command>`` (``eval``, ``make-demo-data``, ``summarize``)."""
+"""Command line: ``python -m irlib <command>`` (``eval``, ``make-demo-data``, ``summarize``, ``train``)."""
 
 from __future__ import annotations
 
@@ -119,18 +119,49 @@ def _run_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"eval": _run_eval, "make-demo-data": _run_demo, "summarize": _run_summarize}
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config (one process, or `torchrun --nproc_per_node=N -m irlib train ...`)",
+    )
+    p.add_argument("--config", type=Path, required=True, help="YAML of TrainConfig fields; `recipe: NAME` starts there")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override fields (values in YAML)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+
+    from irlib.train.config import TrainConfig
+    from irlib.train.run import train
+
+    cfg = TrainConfig.from_yaml(args.config)
+    overrides = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+        overrides[field] = yaml.safe_load(value)
+    cfg = TrainConfig.from_dict(dataclasses.asdict(cfg) | overrides)
+    result = train(cfg, resume=args.resume)
+    print(json.dumps(result))
+    return 0
+
+
+_COMMANDS = {"eval": _run_eval, "make-demo-data": _run_demo, "summarize": _run_summarize, "train": _run_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="irlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_eval, _add_demo, _add_summarize):
+    for add in (_add_eval, _add_demo, _add_summarize, _add_train):
         add(sub)
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError, FloatingPointError) as err:
         print(f"irlib {args.command}: error: {err}", file=sys.stderr)
         return 2
 

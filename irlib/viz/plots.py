@@ -44,3 +44,19 @@ def save_figure(fig: Figure, name: str, figures_dir: str | os.PathLike = "figure
     for path in paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     return paths
+
+
+def read_metrics_jsonl(path: str | os.PathLike) -> pd.DataFrame:
+    """A training run's ``metrics.jsonl`` (one JSON record per logged step) as a DataFrame indexed by step."""
+    return pd.read_json(path, lines=True).set_index("step")
+
+
+def plot_training_curves(metrics: pd.DataFrame, title: str = "") -> Figure:
+    """Loss (left) and learning rate (right) against the optimiser step."""
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
+    ax_loss.plot(metrics.index, metrics["loss"], color="#3b75af")
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+    ax_lr.plot(metrics.index, metrics["lr"], color="#c0504d")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
+    fig.suptitle(title)
+    return fig

@@ -29,3 +29,17 @@ def test_bars_show_each_query_ap_sorted_by_medium(tmp_path):
         "03_demo_gem_efficientnet_lite0_pretrained=True.pdf",
     ]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_training_curves_plot_the_logged_loss_and_lr(tmp_path):
+    import json
+
+    from irlib.viz.plots import plot_training_curves, read_metrics_jsonl
+
+    records = [{"step": s, "loss": 5.0 / s, "lr": 0.01 * s / 3} for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    fig = plot_training_curves(read_metrics_jsonl(tmp_path / "metrics.jsonl"))
+    loss_line, lr_line = fig.axes[0].lines[0], fig.axes[1].lines[0]
+    assert list(loss_line.get_xdata()) == [1, 2, 3]
+    np.testing.assert_allclose(loss_line.get_ydata(), [5.0, 2.5, 5.0 / 3])
+    np.testing.assert_allclose(lr_line.get_ydata(), [0.01 / 3, 0.02 / 3, 0.01])

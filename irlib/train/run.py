@@ -1,0 +1,58 @@
+"""A training run from a config: model, data, trainer; single process or one process per GPU under torchrun."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from irlib.train.config import TrainConfig
+from irlib.train.engine import Trainer
+
+LABELS = "labels.json"
+
+
+def init_distributed() -> bool:
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` on its GLDv2-layout ``data_dir``; returns the last logged metrics.
+
+    The label map (original landmark id -> class index, ids sorted numerically) is saved as ``labels.json`` in
+    ``out_dir`` and reused on resume.
+    """
+    from irlib.data.gldv2 import gldv2_train
+    from irlib.data.transforms import train_transform
+    from irlib.models import create_model
+
+    if not cfg.data_dir:
+        raise ValueError("the training config has no data_dir (a folder with train_clean.csv and train/)")
+    started = init_distributed()
+    try:
+        out = Path(cfg.out_dir)
+        labels = out / LABELS
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.method, backbone=cfg.backbone, pretrained=cfg.pretrained, **cfg.model_kwargs)
+        mean, std = model.data_config["mean"], model.data_config["std"]
+        transform = train_transform(cfg.transform, cfg.image_size, mean=mean, std=std)
+        dataset = gldv2_train(
+            cfg.data_dir,
+            exclude=cfg.exclude,
+            transform=transform,
+            label_map=labels if resume and labels.is_file() else None,
+        )
+        if int(os.environ.get("RANK", "0")) == 0:
+            dataset.save_label_map(labels)
+        return Trainer(cfg, dataset, model=model).fit(resume=resume)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
