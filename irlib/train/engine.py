@@ -108,7 +108,6 @@ class Trainer:
         dataset: the training set (``irlib.data.train_set.TrainSet`` or any dataset with ``num_classes``).
         model: the model (default: built from ``cfg``).
         loss: the loss (default: built from ``cfg`` with the model's descriptor size and the dataset's classes).
-        sampler_factory: ``fn(epoch_size, seed, num_replicas, rank) -> sampler`` (default: a shuffled sampler).
     """
 
     def __init__(
@@ -118,7 +117,6 @@ class Trainer:
         *,
         model: nn.Module | None = None,
         loss: nn.Module | None = None,
-        sampler_factory: Any = None,
     ) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
@@ -159,7 +157,7 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.items = SeededItems(dataset, cfg.seed)
-        self.sampler_factory = sampler_factory or _shuffled_sampler
+        self.sampler = self._make_sampler(dataset)
         self.optimizer = torch.optim.SGD(
             param_groups([self.model, self.loss], cfg.weight_decay, cfg.no_decay_1d),
             lr=cfg.lr,
@@ -167,13 +165,35 @@ class Trainer:
             nesterov=cfg.nesterov and cfg.momentum > 0,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        self.steps_per_epoch = len(self.items) // cfg.global_batch
+        self.steps_per_epoch = len(self.sampler) // (self.micro_batch * cfg.accumulation)
         if self.steps_per_epoch == 0:
             raise ValueError(f"the dataset ({len(self.items)} images) is smaller than one global batch")
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.step = 0
         self._stop = False
+
+    def _make_sampler(self, dataset: Dataset) -> Any:
+        """Per-process sampler with a new order every epoch from ``(seed, epoch)``, disjoint across processes."""
+        from irlib.data.samplers import ClassBalancedSampler, ShuffledSampler
+
+        cfg = self.cfg
+        if cfg.sampler == "shuffled":
+            return ShuffledSampler(len(dataset), seed=cfg.seed, num_replicas=self.world, rank=self.rank, drop_last=True)
+        pk = cfg.classes_per_batch * cfg.samples_per_class
+        if self.micro_batch != pk:
+            raise ValueError(
+                f"class_balanced: each process's micro-batch ({self.micro_batch}) must be classes_per_batch x "
+                f"samples_per_class ({pk}); set global_batch = {pk} x processes x accumulation"
+            )
+        return ClassBalancedSampler(
+            dataset.labels,
+            classes_per_batch=cfg.classes_per_batch,
+            samples_per_class=cfg.samples_per_class,
+            seed=cfg.seed,
+            num_replicas=self.world,
+            rank=self.rank,
+        )
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
 
@@ -224,9 +244,8 @@ class Trainer:
         while True:
             epoch, within = divmod(self.step, self.steps_per_epoch)
             self.items.epoch = epoch
-            sampler = self.sampler_factory(len(self.items), self.cfg.seed, self.world, self.rank)
-            sampler.set_epoch(epoch)
-            order = list(sampler)[within * self.micro_batch * self.cfg.accumulation :]
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)[within * self.micro_batch * self.cfg.accumulation :]
             loader = DataLoader(
                 self.items,
                 batch_size=self.micro_batch,
@@ -345,24 +364,3 @@ def _world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0
-
-
-class _Shuffled:
-    """A new permutation of ``range(n)`` every epoch, from ``(seed, epoch)``; replica ``rank`` takes every
-    ``num_replicas``-th index (the data helpers' samplers replace this)."""
-
-    def __init__(self, n: int, seed: int, num_replicas: int, rank: int) -> None:
-        self.n, self.seed, self.num_replicas, self.rank, self.epoch = n, seed, num_replicas, rank, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        usable = self.n - self.n % self.num_replicas
-        return iter(order[self.rank : usable : self.num_replicas])
-
-
-def _shuffled_sampler(n: int, seed: int, num_replicas: int, rank: int) -> _Shuffled:
-    return _Shuffled(n, seed, num_replicas, rank)

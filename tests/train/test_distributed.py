@@ -62,10 +62,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     ddp_state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
     assert ddp_state["step"] == single.step == 16
     for k, v in single.model.state_dict().items():
-        torch.testing.assert_close(ddp_state["model"][k], v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ddp_state["model"][k], v, rtol=1e-4, atol=1e-5)
     losses = [
         [json.loads(line)["loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
         for d in ("single", "ddp")
     ]
     assert len(losses[0]) == len(losses[1]) == 16
-    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=1e-5)

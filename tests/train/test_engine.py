@@ -23,6 +23,7 @@ class NoisyImages(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(64, 3, 16, 16, generator=g)
         self.y = torch.arange(64) % 4
+        self.labels = self.y.numpy()
 
     def __len__(self) -> int:
         return 64
@@ -54,7 +55,7 @@ class Softmax(nn.Module):
 
 def make(tmp_path, **overrides) -> Trainer:
     torch.manual_seed(1)
-    cfg = TrainConfig(
+    settings = dict(
         global_batch=8,
         accumulation=2,
         epochs=2,
@@ -65,9 +66,8 @@ def make(tmp_path, **overrides) -> Trainer:
         log_every=1,
         out_dir=str(tmp_path),
         channels_last=False,
-        **overrides,
     )
-    return Trainer(cfg, NoisyImages(), model=TinyNet(), loss=Softmax())
+    return Trainer(TrainConfig(**(settings | overrides)), NoisyImages(), model=TinyNet(), loss=Softmax())
 
 
 def weights(t: Trainer) -> dict[str, torch.Tensor]:
@@ -171,3 +171,16 @@ def test_mixed_precision_runs_and_fp16_uses_a_grad_scaler(tmp_path, amp):
     assert t.scaler.is_enabled() == (amp == "fp16")
     result = t.fit()
     assert result["step"] == 2 and math.isfinite(result["loss"])
+
+
+def test_class_balanced_batches_hold_p_classes_of_k_images(tmp_path):
+    t = make(tmp_path, max_steps=3, accumulation=1, sampler="class_balanced", classes_per_batch=2, samples_per_class=4)
+    seen = []
+    forward = t.objective.forward
+    t.objective.forward = lambda x, y: (seen.append(y.tolist()), forward(x, y))[1]
+    t.fit()
+    assert len(seen) == 3
+    for labels in seen:
+        assert sorted(labels.count(c) for c in set(labels)) == [4, 4]
+    with pytest.raises(ValueError, match="must be classes_per_batch x samples_per_class"):
+        make(tmp_path, sampler="class_balanced", classes_per_batch=3, samples_per_class=2)
