@@ -127,6 +127,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, help="YAML of TrainConfig fields; `recipe: NAME` starts there")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override fields (values in YAML)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
+    p.add_argument("--force", action="store_true", help="start afresh even if OUT_DIR holds a checkpoint")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -145,7 +146,7 @@ def _run_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
         overrides[field] = yaml.safe_load(value)
     cfg = TrainConfig.from_dict(dataclasses.asdict(cfg) | overrides)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.force)
     print(json.dumps(result))
     return 0
 

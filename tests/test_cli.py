@@ -100,3 +100,23 @@ def test_preset_sets_the_official_pipeline_and_flags_override_it(tiny_revisited,
     s = json.loads((out / "metrics.json").read_text())["settings"]
     assert (s["preset"], s["crop_mode"], s["scale_resize"], s["image_size"]) == ("dolg", "trunc", "cv2-linear", None)
     assert s["scales"] == [1.0, 0.5]
+
+
+def test_train_command_runs_a_yaml_config_on_gldv2_layout_data(tmp_path, capsys):
+    from irlib.data.synthetic import DemoConfig, make_demo_data
+
+    data = make_demo_data(tmp_path / "demo", DemoConfig(n_test_landmarks=1, n_train_landmarks=3), progress=False)
+    out = tmp_path / "run"
+    (tmp_path / "run.yaml").write_text(
+        f"recipe: spca\nmethod: gem\nbackbone: efficientnet_lite0\ndata_dir: {data}\nout_dir: {out}\n"
+        "image_size: 64\nglobal_batch: 4\nmax_steps: 2\nwarmup_epochs: 0\nchannels_last: false\n"
+    )
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--set", "lr=0.001"]) == 0
+    assert {"checkpoint.pt", "model.pth", "metrics.jsonl", "config.yaml", "labels.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert json.loads((out / "labels.json").read_text())["num_classes"] == 3
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["step"] == 2
+    assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--resume"]) == 0

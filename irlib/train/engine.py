@@ -262,12 +262,22 @@ class Trainer:
                     if self.step % self.steps_per_epoch == 0:
                         break
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train until ``total_steps``; returns the last logged metrics. With ``resume``, continue from
-        ``out_dir/checkpoint.pt``. SIGTERM saves a checkpoint at the next step boundary and returns."""
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train until ``total_steps``; returns the last logged metrics.
+
+        With ``resume``, continue from ``out_dir/checkpoint.pt``; otherwise a run folder holding a checkpoint is
+        refused unless ``overwrite`` (then its log starts afresh). SIGTERM saves a checkpoint at the next step
+        boundary and returns.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load(self.out / CHECKPOINT)
+        elif (self.out / CHECKPOINT).exists() and not overwrite:
+            raise FileExistsError(
+                f"{self.out / CHECKPOINT} exists: resume it (--resume), overwrite it (--force) or use another out_dir"
+            )
+        elif self.rank == 0:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
         if self.rank == 0:
             self.cfg.to_yaml(self.out / "config.yaml")
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)

@@ -24,11 +24,11 @@ def init_distributed() -> bool:
     return True
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg`` on its GLDv2-layout ``data_dir``; returns the last logged metrics.
 
     The label map (original landmark id -> class index, ids sorted numerically) is saved as ``labels.json`` in
-    ``out_dir`` and reused on resume.
+    ``out_dir`` and reused on resume. An existing run is continued with ``resume`` or replaced with ``overwrite``.
     """
     from irlib.data.gldv2 import gldv2_train
     from irlib.data.transforms import train_transform
@@ -52,7 +52,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         )
         if int(os.environ.get("RANK", "0")) == 0:
             dataset.save_label_map(labels)
-        return Trainer(cfg, dataset, model=model).fit(resume=resume)
+        return Trainer(cfg, dataset, model=model).fit(resume=resume, overwrite=overwrite)
     finally:
         if started:
             torch.distributed.destroy_process_group()

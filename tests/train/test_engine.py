@@ -184,3 +184,11 @@ def test_class_balanced_batches_hold_p_classes_of_k_images(tmp_path):
         assert sorted(labels.count(c) for c in set(labels)) == [4, 4]
     with pytest.raises(ValueError, match="must be classes_per_batch x samples_per_class"):
         make(tmp_path, sampler="class_balanced", classes_per_batch=3, samples_per_class=2)
+
+
+def test_an_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    make(tmp_path, max_steps=2).fit()
+    with pytest.raises(FileExistsError, match="--resume"):
+        make(tmp_path, max_steps=2).fit()
+    make(tmp_path, max_steps=2).fit(overwrite=True)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # the log started afresh
