@@ -85,8 +85,10 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.loss = model, loss
 
-    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        return self.loss(self.model(images), labels)
+    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss and the ``(B, D)`` descriptors it was computed from."""
+        embeddings = self.model(images)
+        return self.loss(embeddings, labels), embeddings
 
 
 def git_commit() -> dict[str, Any]:
@@ -172,6 +174,7 @@ class Trainer:
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.step = 0
         self._stop = False
+        self._top1: float | None = None
 
     def _make_sampler(self, dataset: Dataset) -> Any:
         """Per-process sampler with a new order every epoch from ``(seed, epoch)``, disjoint across processes."""
@@ -302,6 +305,7 @@ class Trainer:
                         "loss": loss_value,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "grad_norm": grad_norm,
+                        "top1": self._top1,
                         "images_per_s": seen / elapsed if elapsed > 0 else None,
                     }
                     self._log(last)
@@ -320,7 +324,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total, correct, count = 0.0, 0, 0
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
         for k, (images, labels) in enumerate(group):
             images = images.to(self.device, non_blocking=True)
@@ -332,7 +336,8 @@ class Trainer:
             sync = self.objective.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
             with sync:
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = self.objective(images, labels) / self.cfg.accumulation
+                    loss, embeddings = self.objective(images, labels)
+                    loss = loss / self.cfg.accumulation
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss ({loss.item()}) at step {self.step + 1}; training stopped, the last good "
@@ -340,10 +345,14 @@ class Trainer:
                     )
                 self.scaler.scale(loss).backward()
             total += loss.item()
-        if self.world > 1:  # log the loss of the global batch
-            reduced = torch.tensor([total], device=self.device)
-            torch.distributed.all_reduce(reduced)
-            total = reduced.item() / self.world
+            correct += self._correct(embeddings.detach(), labels)
+            count += len(labels)
+        stats = torch.tensor([total, correct, count], dtype=torch.float64, device=self.device)
+        if self.world > 1:  # the loss and accuracy of the global batch
+            torch.distributed.all_reduce(stats)
+            stats[0] /= self.world
+        self._top1 = (stats[1] / stats[2]).item() if hasattr(self.loss, "cosine") else None
+        total = stats[0].item()
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
@@ -351,6 +360,13 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return total, grad_norm
+
+    def _correct(self, embeddings: Tensor, labels: Tensor) -> int:
+        """Top-1 hits of the un-margined cosine logits (SpCa reports margin-penalised ones); 0 without a head."""
+        if not hasattr(self.loss, "cosine"):
+            return 0
+        with torch.no_grad():
+            return int((self.loss.cosine(embeddings.float()).argmax(dim=1) == labels).sum())
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.rank == 0:

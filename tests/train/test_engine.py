@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -192,3 +193,23 @@ def test_an_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path):
         make(tmp_path, max_steps=2).fit()
     make(tmp_path, max_steps=2).fit(overwrite=True)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # the log started afresh
+
+
+def test_top1_is_measured_on_unmargined_cosine_logits_and_logged(tmp_path):
+    from irlib.losses import create_loss
+
+    torch.manual_seed(1)
+    head = create_loss("arcface", embedding_dim=8, num_classes=4, s=30.0, m=0.5)
+    cfg = TrainConfig(
+        global_batch=8, max_steps=2, warmup_epochs=0, log_every=1, out_dir=str(tmp_path), channels_last=False
+    )
+    t = Trainer(cfg, NoisyImages(), model=TinyNet(), loss=head)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(8)[:4])
+    eye = torch.eye(8)
+    # sample 0 is closest to class 0 (right), sample 1 to class 2 while labelled 3 (wrong)
+    embeddings = torch.stack([eye[0] * 0.9 + eye[1] * 0.3, eye[2]])
+    assert t._correct(nn.functional.normalize(embeddings, dim=-1), torch.tensor([0, 3])) == 1
+    t.fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["top1"] <= 1.0 for r in records)
