@@ -210,6 +210,7 @@ def test_diffusion_matrices_are_column_stochastic_powers_on_a_row_major_grid() -
     mats = diffusion_matrices(3, 5, (1, 2, 4), torch.device("cpu"))
     torch.testing.assert_close(mats, torch.stack([a, a @ a, a @ a @ a @ a]))
     torch.testing.assert_close(mats.sum(1), torch.ones(3, 15))
+    assert diffusion_matrices(3, 5, (1, 2, 4), torch.device("cpu")) is mats  # cached, not rebuilt per forward
 
 
 # ----------------------------------------------------------------------------------------------- converter, counts
