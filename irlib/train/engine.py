@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from irlib.eval.revisited import PROTOCOLS
 from irlib.io import atomic_path
 from irlib.models.checkpoints import save_checkpoint
 from irlib.train.config import TrainConfig
@@ -310,6 +311,8 @@ class Trainer:
                     }
                     self._log(last)
                     bar.set_postfix(loss=f"{loss_value:.4f}")
+                if self.cfg.monitor_every and self.step % self.cfg.monitor_every == 0:
+                    self._monitor()
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps or self._stopping():
                     self.save()
         finally:
@@ -367,6 +370,21 @@ class Trainer:
             return 0
         with torch.no_grad():
             return int((self.loss.cosine(embeddings.float()).argmax(dim=1) == labels).sum())
+
+    def _monitor(self) -> None:
+        """Evaluate ``cfg.monitor_dir`` (rank 0) and log E/M/H mAP under ``test_set_monitoring``."""
+        if self.rank == 0 and self.cfg.monitor_dir:
+            from irlib.data.revisited import RevisitedDataset
+            from irlib.eval.extract import ExtractConfig
+            from irlib.eval.pipeline import evaluate_model
+
+            dataset = RevisitedDataset.from_dir(self.cfg.monitor_dir)
+            cfg = ExtractConfig(image_size=self.cfg.monitor_image_size, scales=(1.0,), device=str(self.device))
+            metrics = evaluate_model(self.model, dataset, cfg, progress=False).metrics
+            self._log({"step": self.step, "test_set_monitoring": {p: metrics[p]["map"] for p in PROTOCOLS}})
+            self.model.train()
+        if self.world > 1:
+            torch.distributed.barrier()
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.rank == 0:

@@ -213,3 +213,32 @@ def test_top1_is_measured_on_unmargined_cosine_logits_and_logged(tmp_path):
     t.fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["top1"] <= 1.0 for r in records)
+
+
+def test_test_set_monitoring_is_off_by_default_and_labelled_when_on(tmp_path, tiny_revisited):
+    from irlib.models import create_model
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(1280, 4)
+
+        def forward(self, x, y):
+            return nn.functional.cross_entropy(self.fc(x), y)
+
+    assert TrainConfig().monitor_every == 0 and TrainConfig().monitor_dir is None
+    cfg = TrainConfig(
+        global_batch=8,
+        max_steps=2,
+        warmup_epochs=0,
+        log_every=1,
+        out_dir=str(tmp_path),
+        monitor_dir=str(tiny_revisited),
+        monitor_every=2,
+        monitor_image_size=64,
+    )
+    Trainer(cfg, NoisyImages(), model=create_model("gem", backbone="efficientnet_lite0"), loss=Head()).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    monitored = [r for r in records if "test_set_monitoring" in r]
+    assert len(monitored) == 1 and monitored[0]["step"] == 2
+    assert set(monitored[0]["test_set_monitoring"]) == {"easy", "medium", "hard"}
