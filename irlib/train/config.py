@@ -18,8 +18,11 @@ class TrainConfig:
     Attributes:
         method, backbone, pretrained, model_kwargs: the model (``irlib.models.create_model``).
         loss, loss_kwargs: the loss (``irlib.losses.create_loss``).
-        data_dir: a GLDv2-layout training folder (``train_clean.csv`` + ``train/a/b/c/<id>.jpg``).
+        dataset: ``"gldv2"`` (GLDv2-clean, or RGLDv2-clean with ``exclude``) or ``"uned"`` (UnED train split).
+        data_dir: the dataset root: GLDv2 layout (``train_clean.csv`` + ``train/a/b/c/<id>.jpg``) or UnED
+            (``info_files/<domain>/train.json`` + ``images/``).
         exclude: a landmark-id exclusion file (RGLDv2-clean), or None.
+        domains: UnED domains to train on (None: all 8).
         transform, image_size: the training augmentation preset and crop size.
         global_batch: images per optimiser step over all processes and accumulation steps.
         accumulation: micro-batches per optimiser step (the loss is scaled by 1/accumulation; lr unchanged).
@@ -41,8 +44,10 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "arcface"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "gldv2"
     data_dir: str = ""
     exclude: str | None = None
+    domains: list[str] | None = None
     transform: str = "spca"
     image_size: int = 512
     global_batch: int = 128
@@ -75,6 +80,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
+        if self.dataset not in ("gldv2", "uned"):
+            raise ValueError(f"dataset must be gldv2 or uned, got {self.dataset!r}")
         if self.sampler not in ("shuffled", "class_balanced"):
             raise ValueError(f"sampler must be shuffled or class_balanced, got {self.sampler!r}")
         if self.global_batch < 1 or self.accumulation < 1 or self.global_batch % self.accumulation:

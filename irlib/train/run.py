@@ -25,17 +25,18 @@ def init_distributed() -> bool:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` on its GLDv2-layout ``data_dir``; returns the last logged metrics.
+    """Train ``cfg`` on its ``dataset`` (GLDv2/RGLDv2-clean or UnED) in ``data_dir``; returns the last logged metrics.
 
     The label map (original landmark id -> class index, ids sorted numerically) is saved as ``labels.json`` in
     ``out_dir`` and reused on resume. An existing run is continued with ``resume`` or replaced with ``overwrite``.
     """
     from irlib.data.gldv2 import gldv2_train
     from irlib.data.transforms import train_transform
+    from irlib.data.uned import uned_split
     from irlib.models import create_model
 
     if not cfg.data_dir:
-        raise ValueError("the training config has no data_dir (a folder with train_clean.csv and train/)")
+        raise ValueError("the training config has no data_dir (the training set's root folder)")
     started = init_distributed()
     try:
         out = Path(cfg.out_dir)
@@ -44,12 +45,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         model = create_model(cfg.method, backbone=cfg.backbone, pretrained=cfg.pretrained, **cfg.model_kwargs)
         mean, std = model.data_config["mean"], model.data_config["std"]
         transform = train_transform(cfg.transform, cfg.image_size, mean=mean, std=std)
-        dataset = gldv2_train(
-            cfg.data_dir,
-            exclude=cfg.exclude,
-            transform=transform,
-            label_map=labels if resume and labels.is_file() else None,
-        )
+        label_map = labels if resume and labels.is_file() else None
+        if cfg.dataset == "uned":
+            dataset = uned_split(cfg.data_dir, cfg.domains, "train", transform, label_map=label_map)
+        else:
+            dataset = gldv2_train(cfg.data_dir, exclude=cfg.exclude, transform=transform, label_map=label_map)
         if int(os.environ.get("RANK", "0")) == 0:
             dataset.save_label_map(labels)
         return Trainer(cfg, dataset, model=model).fit(resume=resume, overwrite=overwrite)

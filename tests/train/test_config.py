@@ -40,3 +40,39 @@ def test_yaml_may_start_from_a_recipe_and_unknown_fields_are_named(tmp_path):
         recipe("spcaa")
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8")
+
+
+def test_uned_training_runs_from_its_info_files(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from irlib.train.run import train
+
+    for domain in ("cars", "sop"):
+        (tmp_path / "uned" / "info_files" / domain).mkdir(parents=True)
+        entries = []
+        for i in range(4):
+            rel = f"{domain}/img_{i}.jpg"
+            (tmp_path / "uned" / "images" / domain).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(tmp_path / "uned" / "images" / rel)
+            entries.append({"path": rel, "class_id": i % 2 if domain == "cars" else [i % 2, 7]})
+        (tmp_path / "uned" / "info_files" / domain / "train.json").write_text(json.dumps(entries))
+    cfg = TrainConfig(
+        dataset="uned",
+        domains=["cars", "sop"],
+        data_dir=str(tmp_path / "uned"),
+        method="gem",
+        backbone="efficientnet_lite0",
+        pretrained=False,
+        loss="cosface",
+        image_size=32,
+        global_batch=4,
+        max_steps=2,
+        warmup_epochs=0,
+        out_dir=str(tmp_path / "run"),
+        channels_last=False,
+    )
+    assert train(cfg)["step"] == 2
+    assert json.loads((tmp_path / "run" / "labels.json").read_text())["num_classes"] == 4  # 2 classes x 2 domains
