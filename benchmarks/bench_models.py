@@ -16,6 +16,7 @@ import time
 import torch
 
 from irlib.models import create_model, list_models
+from irlib.models.base import to_channels_last
 
 
 def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
@@ -45,10 +46,7 @@ def main() -> None:
     rows = []
     for method in ["gem", *[m for m in methods if m != "gem"]]:
         model = create_model(method, backbone=args.backbone).eval()
-        try:
-            model.to(memory_format=torch.channels_last)
-        except RuntimeError:  # 5-D weights (SENet's Conv3d) stay contiguous
-            pass
+        to_channels_last(model)  # SENet's Conv3d weights keep it contiguous
         seconds = time_forward(model, x, args.repeats)
         params = sum(p.numel() for p in model.parameters())
         rows.append((method, model.feat_dim, params, args.batch / seconds))

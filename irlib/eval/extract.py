@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from irlib.data.images import load_image
 from irlib.data.revisited import CROP_MODES, RevisitedDataset, crop_query
 from irlib.io import save_npy, write_json
+from irlib.models.base import to_channels_last
 
 SQRT2 = math.sqrt(2)
 DEFAULT_SCALES: tuple[float, ...] = (1 / SQRT2, 1.0, SQRT2)
@@ -280,12 +281,9 @@ def extract_descriptors(
     data_config = model.data_config
     device = cfg.resolved_device()
     was_training = model.training
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.eval().to(device)
-    try:
-        model.to(memory_format=memory_format)
-    except RuntimeError:  # 5-D weights (e.g. SENet's Conv3d) cannot be channels_last
-        memory_format = torch.contiguous_format
+    nhwc = cfg.channels_last and to_channels_last(model)
+    memory_format = torch.channels_last if nhwc else torch.contiguous_format
     images = _Images([Path(p) for p in paths], boxes, cfg, data_config["mean"], data_config["std"], dataset)
     loader = DataLoader(images, batch_size=None, num_workers=cfg.num_workers)
     out = np.empty((len(paths), model.feat_dim), dtype=np.float16 if cfg.fp16 else np.float32)

@@ -5,9 +5,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from irlib.models.backbones import load_backbone_weights, load_state_dict_strict, read_checkpoint
+
+
+def to_channels_last(module: nn.Module) -> bool:
+    """Put a module's 4-D weights in channels_last (NHWC) layout; False when a 5-D weight (e.g. SENet's Conv3d)
+    prevents it, the module then staying contiguous."""
+    try:
+        module.to(memory_format=torch.channels_last)
+        return True
+    except RuntimeError:
+        module.to(memory_format=torch.contiguous_format)
+        return False
 
 
 class RetrievalModel(nn.Module):

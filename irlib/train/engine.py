@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from irlib.eval.revisited import PROTOCOLS
 from irlib.io import atomic_path
+from irlib.models.base import to_channels_last
 from irlib.models.checkpoints import save_checkpoint
 from irlib.train.config import TrainConfig
 
@@ -147,11 +148,7 @@ class Trainer:
         self.model, self.loss = model, loss
         self.model.to(self.device)
         self.loss.to(self.device)
-        if cfg.channels_last:
-            try:
-                self.model.to(memory_format=torch.channels_last)
-            except RuntimeError:  # 5-D weights cannot be channels_last
-                pass
+        self.channels_last = cfg.channels_last and to_channels_last(self.model)
         self.objective: nn.Module = Objective(self.model, self.loss)
         if self.world > 1:
             if self.device.type == "cuda":  # SyncBatchNorm needs GPU tensors; on CPU (gloo) BN stays per process
@@ -331,7 +328,7 @@ class Trainer:
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
         for k, (images, labels) in enumerate(group):
             images = images.to(self.device, non_blocking=True)
-            if self.cfg.channels_last:
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(self.device, non_blocking=True)
             last = k == len(group) - 1
