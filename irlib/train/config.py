@@ -33,6 +33,7 @@ class TrainConfig:
         amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (fp16 uses a GradScaler).
         grad_clip: max gradient norm, or None.
         seed, num_workers, log_every, checkpoint_every, out_dir: run plumbing.
+        tensorboard: also write the logged scalars as TensorBoard events under ``out_dir/tensorboard``.
         monitor_dir, monitor_every, monitor_image_size: optional evaluation of a revisited-format set every
             ``monitor_every`` steps, logged as ``test_set_monitoring``: off by default, because tuning on
             ROxf/RPar is a known flaw of the literature (SpCa's development monitored ROxf every epoch).
@@ -73,6 +74,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     out_dir: str = "runs/train"
+    tensorboard: bool = False
     monitor_dir: str | None = None
     monitor_every: int = 0
     monitor_image_size: int = 256

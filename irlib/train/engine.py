@@ -172,6 +172,13 @@ class Trainer:
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.step = 0
         self._stop = False
+        self._tensorboard = None
+        if cfg.tensorboard and self.rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise RuntimeError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
+            self._tensorboard = SummaryWriter(str(self.out / "tensorboard"))
         self._top1: float | None = None
 
     def _make_sampler(self, dataset: Dataset) -> Any:
@@ -384,9 +391,16 @@ class Trainer:
             torch.distributed.barrier()
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.rank == 0:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.rank != 0:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                for name, v in value.items() if isinstance(value, dict) else [(key, value)]:
+                    if isinstance(v, int | float) and name not in ("step", "epoch"):
+                        self._tensorboard.add_scalar(name if name == key else f"{key}/{name}", v, record["step"])
+            self._tensorboard.flush()
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self._stop = True

@@ -242,3 +242,24 @@ def test_test_set_monitoring_is_off_by_default_and_labelled_when_on(tmp_path, ti
     monitored = [r for r in records if "test_set_monitoring" in r]
     assert len(monitored) == 1 and monitored[0]["step"] == 2
     assert set(monitored[0]["test_set_monitoring"]) == {"easy", "medium", "hard"}
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    make(tmp_path, max_steps=3, tensorboard=True).fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"loss", "lr", "grad_norm"} <= set(events.Tags()["scalars"])
+    logged = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx(logged)
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    t = make(tmp_path, max_steps=1, grad_clip=1e-3, momentum=0.0, lr=1.0, warmup_epochs=0, weight_decay=0.0)
+    before = [p.detach().clone() for p in t.optimizer.param_groups[0]["params"] + t.optimizer.param_groups[1]["params"]]
+    t.fit()
+    after = t.optimizer.param_groups[0]["params"] + t.optimizer.param_groups[1]["params"]
+    step = torch.sqrt(sum(((a.detach() - b) ** 2).sum() for a, b in zip(after, before, strict=True)))
+    assert step <= 1e-3 * 1.0001  # lr 1 times a gradient clipped to norm 1e-3
