@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -120,3 +121,33 @@ def test_train_command_runs_a_yaml_config_on_gldv2_layout_data(tmp_path, capsys)
     assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "run.yaml"), "--resume"]) == 0
+
+
+def test_torchrun_two_cpu_processes_train_from_the_command_line(tmp_path):
+    import os
+    import shutil
+
+    from irlib.data.synthetic import DemoConfig, make_demo_data
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun, "torchrun is installed with torch"
+    data = make_demo_data(tmp_path / "demo", DemoConfig(n_test_landmarks=1, n_train_landmarks=3), progress=False)
+    out = tmp_path / "run"
+    (tmp_path / "run.yaml").write_text(
+        f"method: gem\nbackbone: efficientnet_lite0\nloss: cosface\ndata_dir: {data}\nout_dir: {out}\n"
+        "image_size: 64\nglobal_batch: 8\nmax_steps: 2\nwarmup_epochs: 0\nlog_every: 1\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--nproc_per_node=2", "--master_port=29517", "-m", "irlib", "train", "--config"]
+    done = subprocess.run([*cmd, str(tmp_path / "run.yaml")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch_load_step(out / "checkpoint.pt") == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # rank 0 logs once per step
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
+
+
+def torch_load_step(path) -> int:
+    import torch
+
+    return torch.load(path, weights_only=False)["step"]

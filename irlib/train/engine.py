@@ -364,6 +364,11 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():  # fp16: the scaler skips such steps
+            raise FloatingPointError(
+                f"non-finite gradient norm at step {self.step + 1}; training stopped, the last good checkpoint is "
+                f"{self.out / CHECKPOINT}"
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return total, grad_norm

@@ -263,3 +263,11 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     after = t.optimizer.param_groups[0]["params"] + t.optimizer.param_groups[1]["params"]
     step = torch.sqrt(sum(((a.detach() - b) ** 2).sum() for a, b in zip(after, before, strict=True)))
     assert step <= 1e-3 * 1.0001  # lr 1 times a gradient clipped to norm 1e-3
+
+
+def test_non_finite_gradients_stop_the_run_too(tmp_path):
+    t = make(tmp_path, max_steps=8)
+    t.model.conv.weight.register_hook(lambda g: g * float("nan") if t.step == 6 else g)
+    with pytest.raises(FloatingPointError, match="non-finite gradient norm at step 7"):
+        t.fit()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 5
