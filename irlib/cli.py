@@ -28,6 +28,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--dataset-dir", type=Path, help="folder with gnd_<name>.pkl and jpg/")
     where.add_argument("--data-root", type=Path, help="folder holding <dataset>/ (with --dataset)")
     p.add_argument("--dataset", help="dataset name under --data-root, e.g. roxford5k")
+    p.add_argument("--distractors", type=Path, help="folder with revisitop1m.txt and jpg/ to append to the database")
+    p.add_argument(
+        "--skip-missing-distractors", action="store_true", help="use the listed distractors that exist (counted)"
+    )
     p.add_argument("--method", default="gem", help="model method (see irlib.models.list_models())")
     p.add_argument("--backbone", default="resnet50", help="timm backbone name")
     p.add_argument("--pretrained", action="store_true", help="start from the backbone's pretrained weights")
@@ -53,7 +57,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from irlib.data.revisited import RevisitedDataset
+    from irlib.data.revisited import Distractors, RevisitedDataset
     from irlib.eval.extract import ExtractConfig, preset
     from irlib.eval.pipeline import evaluate_model, prepare_out_dir, save_result, summary_table
     from irlib.models import create_model
@@ -65,6 +69,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         if args.dataset_dir is not None
         else RevisitedDataset.from_root(args.data_root, args.dataset)
     )
+    if args.distractors is not None:
+        on_missing = "skip" if args.skip_missing_distractors else "error"
+        distractors = Distractors.from_list(args.distractors, on_missing=on_missing)
+        if distractors.missing:
+            print(f"{len(distractors.missing)} listed distractors are missing; using {len(distractors.paths)}")
+        dataset = dataset.with_distractors(distractors)
     chosen = {
         "image_size": args.image_size,
         "scales": tuple(args.scales) if args.scales else None,

@@ -151,3 +151,19 @@ def torch_load_step(path) -> int:
     import torch
 
     return torch.load(path, weights_only=False)["step"]
+
+
+def test_eval_with_distractors_records_the_larger_database(tiny_revisited, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "r1m"
+    (root / "jpg" / "0").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (50, 40), (60 * i, 10, 10)).save(root / "jpg" / "0" / f"d{i}.jpg")
+    (root / "revisitop1m.txt").write_text("0/d0.jpg\n0/d1.jpg\n0/d2.jpg\n0/d3.jpg\n")
+    out = tmp_path / "run"
+    args = ["--dataset-dir", str(tiny_revisited), "--distractors", str(root), "--out", str(out)]
+    assert _eval(args) == 2  # d3.jpg is missing
+    assert _eval([*args, "--skip-missing-distractors"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "tiny+1m" and metrics["settings"]["n_db"] == 6 + 3

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,8 @@ class RevisitedDataset:
         imlist: database image names (no extension), in index order.
         qimlist: query image names.
         gnd: one dict per query with ``bbx`` (4 floats) and sorted ``easy``/``hard``/``junk`` database indices.
+        distractors: extra database images appended after ``imlist`` (e.g. revisitop1m, see
+            :meth:`with_distractors`); every one is a negative for every query, so ``gnd`` is unchanged.
     """
 
     name: str
@@ -58,6 +60,8 @@ class RevisitedDataset:
     imlist: list[str]
     qimlist: list[str]
     gnd: list[dict[str, Any]]
+    distractors: tuple[Path, ...] = field(default=(), repr=False)
+    distractor_name: str | None = None
 
     @classmethod
     def from_dir(cls, root: str | os.PathLike, name: str | None = None) -> RevisitedDataset:
@@ -88,9 +92,18 @@ class RevisitedDataset:
     def gnd_path(self) -> Path:
         return self.root / f"gnd_{self.name}.pkl"
 
+    def with_distractors(self, distractors: Distractors) -> RevisitedDataset:
+        """This test set with ``distractors`` appended to its database (ROxf+1M, RPar+1M)."""
+        return replace(self, distractors=tuple(distractors.paths), distractor_name=distractors.name)
+
+    @property
+    def label(self) -> str:
+        """The name results carry: ``roxford5k``, or ``roxford5k+1m`` with distractors."""
+        return f"{self.name}+{self.distractor_name}" if self.distractor_name else self.name
+
     @property
     def n_db(self) -> int:
-        return len(self.imlist)
+        return len(self.imlist) + len(self.distractors)
 
     @property
     def n_queries(self) -> int:
@@ -106,7 +119,7 @@ class RevisitedDataset:
 
     @property
     def db_paths(self) -> list[Path]:
-        return [self.image_path(n) for n in self.imlist]
+        return [self.image_path(n) for n in self.imlist] + list(self.distractors)
 
     @property
     def query_paths(self) -> list[Path]:
@@ -123,6 +136,50 @@ class RevisitedDataset:
     def missing_images(self) -> list[Path]:
         """Database and query files that do not exist."""
         return [p for p in self.db_paths + self.query_paths if not p.is_file()]
+
+
+@dataclass(frozen=True)
+class Distractors:
+    """A list of distractor images, e.g. revisitop1m: ``<root>/revisitop1m.txt`` holds one relative path per line,
+    extension included (revisitop ``python/dataset.py``), images under ``<root>/jpg/``.
+
+    Attributes:
+        name: a label for results (``"1m"`` for revisitop1m).
+        paths: the image files, in list order.
+        missing: listed files not found (``on_missing="skip"``); recorded so results say how many were used
+            (the official list names more images than its tarballs hold, SOLAR #8).
+    """
+
+    name: str
+    paths: list[Path]
+    missing: list[str]
+
+    @classmethod
+    def from_list(
+        cls,
+        root: str | os.PathLike,
+        list_file: str = "revisitop1m.txt",
+        *,
+        image_dir: str = "jpg",
+        name: str = "1m",
+        on_missing: Literal["error", "skip"] = "error",
+    ) -> Distractors:
+        """Read ``root/list_file``; missing images raise (naming the first few) or, with ``"skip"``, are left out."""
+        root = Path(root)
+        listing = root / list_file
+        if not listing.is_file():
+            raise FileNotFoundError(f"distractor list {listing} does not exist")
+        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        paths = [root / image_dir / n for n in names]
+        missing = [n for n, p in zip(names, paths, strict=True) if not p.is_file()]
+        if missing and on_missing == "error":
+            shown = ", ".join(missing[:5])
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(names)} distractors listed in {listing} are missing under "
+                f"{root / image_dir}: {shown}{', ...' if len(missing) > 5 else ''} (on_missing='skip' uses the rest)"
+            )
+        kept = set(missing)
+        return cls(name=name, paths=[p for n, p in zip(names, paths, strict=True) if n not in kept], missing=missing)
 
 
 def _parse(cfg: Any, path: Path) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def evaluate_model(
     t2 = time.perf_counter()
     model_config = dict(getattr(model, "config", {}))
     metrics: dict[str, Any] = {
-        "dataset": dataset.name,
+        "dataset": dataset.label,
         "method": model_config.get("method", type(model).__name__),
         "backbone": model_config.get("backbone"),
         "settings": {

@@ -134,3 +134,44 @@ def test_folder_errors_say_what_was_expected(tmp_path):
     (tmp_path / "roxford5k").mkdir()
     with pytest.raises(FileNotFoundError, match="gnd_roxford5k.pkl does not exist"):
         RevisitedDataset.from_root(tmp_path, "roxford5k")
+
+
+def _distractor_root(tmp_path: Path, n: int, missing: int = 0) -> Path:
+    root = tmp_path / "revisitop1m"
+    names = [f"{i % 10}/{i:06d}.jpg" for i in range(n)]
+    for i, name in enumerate(names[missing:]):
+        (root / "jpg" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (40 * i, 0, 0)).save(root / "jpg" / name)
+    (root / "revisitop1m.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_distractors_extend_the_database_and_stay_negatives(tiny_revisited, tmp_path):
+    from irlib.data.revisited import Distractors
+    from irlib.eval.extract import ExtractConfig
+    from irlib.eval.pipeline import evaluate_model
+    from irlib.models import create_model
+
+    base = RevisitedDataset.from_dir(tiny_revisited)
+    distractors = Distractors.from_list(_distractor_root(tmp_path, 3))
+    ds = base.with_distractors(distractors)
+    assert (ds.label, ds.n_db, ds.gnd) == ("tiny+1m", base.n_db + 3, base.gnd)
+    assert ds.db_paths[-3:] == distractors.paths and ds.missing_images() == []
+    result = evaluate_model(
+        create_model("gem", backbone="efficientnet_lite0"),
+        ds,
+        ExtractConfig(image_size=64, scales=(1.0,)),
+        progress=False,
+    )
+    assert result.scores.shape == (2, 9) and result.metrics["settings"]["n_db"] == 9
+    assert result.metrics["dataset"] == "tiny+1m"
+
+
+def test_missing_distractors_error_or_are_skipped_and_counted(tmp_path):
+    from irlib.data.revisited import Distractors
+
+    root = _distractor_root(tmp_path, 5, missing=2)
+    with pytest.raises(FileNotFoundError, match="2 of 5 distractors listed"):
+        Distractors.from_list(root)
+    kept = Distractors.from_list(root, on_missing="skip")
+    assert len(kept.paths) == 3 and kept.missing == ["0/000000.jpg", "1/000001.jpg"]
