@@ -1,4 +1,4 @@
-"""Google Landmarks v2 training splits: GLDv2, GLDv2-clean and RGLDv2-clean (``datasets.md`` §4-5).
+"""Google Landmarks v2 training splits (GLDv2, GLDv2-clean, RGLDv2-clean) and retrieval files (``datasets.md`` §4-5).
 
 Layout (cvdfoundation/google-landmark): images at ``<root>/train/<a>/<b>/<c>/<id>.jpg`` (a, b, c = the first three
 characters of the 16-hex-character id); the metadata CSVs ``train_clean.csv`` (``landmark_id,images``, the images a
@@ -11,6 +11,9 @@ its file and line number.
 
 RGLDv2-clean (CiDeR, CVPR 2024) is GLDv2-clean minus 18 landmarks that overlap ROxf/RPar; their list is not public,
 so :func:`rgldv2_clean` takes it as an exclusion file (one ``landmark_id`` per line).
+
+Retrieval: :func:`gldv2_index_test` reads ``index.csv``/``test.csv`` and :func:`gldv2_retrieval_solution` reads
+``retrieval_solution_v2.1.csv`` for :func:`irlib.eval.metrics.gldv2_map_at_k`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ __all__ = [
     "RGLDV2_CLEAN_COUNTS",
     "GLDv2Counts",
     "gldv2_counts",
+    "gldv2_image_path",
+    "gldv2_index_test",
+    "gldv2_retrieval_solution",
     "gldv2_train",
     "read_exclusion_file",
     "rgldv2_clean",
@@ -329,3 +335,77 @@ def _relpaths(ids: np.ndarray) -> np.ndarray:
     out[:, 12:28] = ids
     out[:, 28:32] = np.frombuffer(b".jpg", dtype=np.uint8)
     return out.view("S32").reshape(-1)
+
+
+_SOLUTION_HEADER = ["id", "images", "Usage"]
+_USAGES = ("Public", "Private", "Ignored")
+
+
+def gldv2_retrieval_solution(
+    path: str | os.PathLike, usage: Iterable[str] = ("Public", "Private")
+) -> dict[str, list[str]]:
+    """Read ``retrieval_solution_v2.1.csv`` (``id,images,Usage``) into ``{test id: [relevant index ids]}``.
+
+    Like DELF's ``ReadSolution``, ``Ignored`` rows are skipped; so are rows whose images field is ``None`` or empty
+    (they have no ground truth). Only rows whose Usage is in ``usage`` are kept. The result feeds
+    :func:`irlib.eval.metrics.gldv2_map_at_k`. Malformed rows (field count, ids, Usage tag, a test id listed twice)
+    raise ValueError naming the file and line.
+    """
+    path = Path(path)
+    wanted = set(usage)
+    unknown = wanted - set(_USAGES)
+    if unknown:
+        raise ValueError(f"unknown usage {sorted(unknown)}; expected some of {_USAGES}")
+    out: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for line, row in _rows(path, _SOLUTION_HEADER):
+        if len(row) != 3:
+            raise ValueError(f"{path}:{line}: expected 3 fields (id,images,Usage), got {len(row)}")
+        test_id, images, tag = row
+        if not _ID_RE.fullmatch(test_id):
+            _bad_id(test_id, path, line)
+        if tag not in _USAGES:
+            raise ValueError(f"{path}:{line}: Usage must be one of {_USAGES}, got {tag!r}")
+        if test_id in seen:
+            raise ValueError(f"{path}:{line}: test id {test_id} is listed twice")
+        seen.add(test_id)
+        if tag == "Ignored" or tag not in wanted or images in ("", "None"):
+            continue
+        ids = images.split(" ")
+        if not all(_ID_RE.fullmatch(i) for i in ids):
+            _bad_id_row(images, path, line)
+        out[test_id] = ids
+    return out
+
+
+def gldv2_index_test(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """``(index ids, test ids)`` from ``<root>/index.csv`` and ``<root>/test.csv`` (header ``id``), in file order.
+
+    The images are at ``<root>/index/a/b/c/<id>.jpg`` and ``<root>/test/a/b/c/<id>.jpg`` (see :func:`gldv2_image_path`).
+    Malformed or duplicate ids raise ValueError naming the file and line.
+    """
+    root = Path(root)
+    return _read_ids(root / "index.csv"), _read_ids(root / "test.csv")
+
+
+def gldv2_image_path(split: str, image_id: str) -> str:
+    """Relative path ``<split>/a/b/c/<id>.jpg`` of a GLDv2 image (a, b, c: the first three characters of the id)."""
+    return f"{split}/{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
+
+
+def _read_ids(path: Path) -> list[str]:
+    """Ids of a one-column ``id`` CSV, checked for format and uniqueness."""
+    ids: list[str] = []
+    first_line: dict[str, int] = {}
+    for line, row in _rows(path, ["id"]):
+        if len(row) != 1:
+            raise ValueError(f"{path}:{line}: expected 1 field (id), got {len(row)}")
+        if not _ID_RE.fullmatch(row[0]):
+            _bad_id(row[0], path, line)
+        if row[0] in first_line:
+            raise ValueError(
+                f"{path}:{line}: image id {row[0]} is listed twice (lines {first_line[row[0]]} and {line})"
+            )
+        first_line[row[0]] = line
+        ids.append(row[0])
+    return ids
