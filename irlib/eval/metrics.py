@@ -104,7 +104,7 @@ def uned_metrics(
     if (n_relevant < 1).any():
         q = int(np.argmax(n_relevant < 1))
         raise ValueError(
-            f"query {q} (label {ql[q]!r}, domain {qd[q]!r}) has no relevant index item"
+            f"query {q} (label {ql[q].item()!r}, domain {qd[q].item()!r}) has no relevant index item"
             + (" besides itself" if throw_first else "")
         )
     correct = (il[nn] == ql[:, None]) & (idom[nn] == qd[:, None])
