@@ -182,7 +182,10 @@ def stable_positions(row: np.ndarray, items: np.ndarray, n_bins: int = 1 << 14) 
     low = levels[:1]
     cand = row[row >= low[0]]
     span = float(cand.max()) - float(low[0])
-    scale = np.array((n_bins - 1) / span if 0 < span < np.inf else 0.0, dtype=row.dtype)
+    with np.errstate(over="ignore"):
+        scale = np.array((n_bins - 1) / span if 0 < span < np.inf else 0.0, dtype=row.dtype)
+    if not np.isfinite(scale):  # a span too small for the dtype: one bin, every candidate compared exactly
+        scale = np.zeros((), dtype=row.dtype)
     bins = _bin_index(cand, low, scale, n_bins)
     above_bin = cand.size - np.cumsum(np.bincount(bins, minlength=n_bins))  # entries in bins > b
     level_bins = _bin_index(levels, low, scale, n_bins)

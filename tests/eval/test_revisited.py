@@ -247,3 +247,9 @@ def test_malformed_ground_truth_is_named(gnd, message):
 def test_compute_map_rejects_mismatched_ranks():
     with pytest.raises(ValueError, match="columns but gnd has 2 queries"):
         compute_map(np.zeros((5, 3), dtype=int), [{"ok": [0]}, {"ok": [1]}])
+
+
+def test_stable_positions_when_the_score_span_is_too_small_to_bin():
+    # found by hypothesis: (n_bins - 1) / span overflows float32 for a span of one tiny normal number
+    row = np.array([0.0, 1.1754943508222875e-38], dtype=np.float32)
+    np.testing.assert_array_equal(stable_positions(row, np.array([0, 1]), n_bins=7), [1, 0])
