@@ -54,13 +54,7 @@ def _assert_stats_close(t: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(stats, expected, rtol=1e-4, atol=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: with other jobs on the 2 cores, 2 threads run these R50 passes several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
