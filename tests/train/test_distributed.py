@@ -9,9 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from irlib.train.config import TrainConfig
 from irlib.train.engine import Trainer
-from tests.train.test_engine import NoisyImages, Softmax
+from tests.train.test_engine import make
 
 
 class TinyGroupNormNet(nn.Module):
@@ -30,19 +29,7 @@ class TinyGroupNormNet(nn.Module):
 
 def run(out_dir: str) -> Trainer:
     torch.manual_seed(1)
-    cfg = TrainConfig(
-        global_batch=8,
-        accumulation=2,
-        epochs=2,
-        lr=0.1,
-        warmup_epochs=0.5,
-        warmup_lr=0.01,
-        log_every=1,
-        checkpoint_every=100,
-        out_dir=out_dir,
-        channels_last=False,
-    )
-    trainer = Trainer(cfg, NoisyImages(), model=TinyGroupNormNet(), loss=Softmax())
+    trainer = make(out_dir, model=TinyGroupNormNet(), checkpoint_every=100)
     trainer.fit()
     return trainer
 

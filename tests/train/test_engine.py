@@ -54,7 +54,8 @@ class Softmax(nn.Module):
         return nn.functional.cross_entropy(10 * self.fc(x), y)
 
 
-def make(tmp_path, **overrides) -> Trainer:
+def make(tmp_path, model: nn.Module | None = None, **overrides) -> Trainer:
+    """A trainer on ``NoisyImages``: 8 steps per epoch, 2 epochs, micro-batches of 4 (TinyNet unless ``model``)."""
     torch.manual_seed(1)
     settings = dict(
         global_batch=8,
@@ -68,7 +69,7 @@ def make(tmp_path, **overrides) -> Trainer:
         out_dir=str(tmp_path),
         channels_last=False,
     )
-    return Trainer(TrainConfig(**(settings | overrides)), NoisyImages(), model=TinyNet(), loss=Softmax())
+    return Trainer(TrainConfig(**(settings | overrides)), NoisyImages(), model=model or TinyNet(), loss=Softmax())
 
 
 def weights(t: Trainer) -> dict[str, torch.Tensor]:
