@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from irlib.models.backbones import load_backbone_weights, load_state_dict_strict, read_checkpoint
+from irlib.models.backbones import (
+    backbone_data_config,
+    create_backbone,
+    load_backbone_weights,
+    load_state_dict_strict,
+    read_checkpoint,
+)
 
 
 def to_channels_last(module: nn.Module) -> bool:
@@ -41,6 +47,16 @@ class RetrievalModel(nn.Module):
     data_config: dict[str, Any]
     config: dict[str, Any]
     bgr_weights: bool = False
+
+    def build_backbone(self, name: str, pretrained: bool, weights: str | os.PathLike | None) -> int:
+        """Create ``self.backbone`` (a timm feature extractor, see ``create_backbone``) and ``self.data_config``;
+        returns the feature-map channels. ``pretrained`` and ``weights`` (loaded later by :meth:`load_weights`)
+        exclude each other."""
+        if pretrained and weights is not None:
+            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
+        self.backbone, channels = create_backbone(name, pretrained=pretrained)
+        self.data_config = backbone_data_config(name, self.backbone)
+        return channels
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Strictly load a local file (optionally under ``model_state``/``state_dict``/``model``).

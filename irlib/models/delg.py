@@ -30,10 +30,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from irlib.models._registry import register_model
-from irlib.models.backbones import (
-    backbone_data_config,
-    create_backbone,
-)
 from irlib.models.base import RetrievalModel
 from irlib.models.pooling import GeM
 
@@ -101,9 +97,7 @@ class DELG(RetrievalModel):
         attention_hidden: int = 512,
     ) -> None:
         super().__init__()
-        if pretrained and weights is not None:
-            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
-        self.backbone, channels = create_backbone(backbone, pretrained=pretrained)
+        channels = self.build_backbone(backbone, pretrained, weights)
         self.pool = GeM(p=3.0)
         self.whiten = nn.Linear(channels, dim)
         self.local_branch = local_branch
@@ -113,7 +107,6 @@ class DELG(RetrievalModel):
             self.attention = DELGAttention(c3, attention_hidden)
             self.autoencoder = DELGAutoencoder(c3, local_dim)
         self.feat_dim: int = dim
-        self.data_config: dict[str, Any] = backbone_data_config(backbone, self.backbone)
         self.config: dict[str, Any] = {
             "method": "delg",
             "backbone": backbone,

@@ -45,10 +45,6 @@ from timm.models.resnet import ResNet
 from torch import Tensor, nn
 
 from irlib.models._registry import register_model
-from irlib.models.backbones import (
-    backbone_data_config,
-    create_backbone,
-)
 from irlib.models.base import RetrievalModel
 from irlib.models.checkpoints import pycls_resnet_key, register_converter
 from irlib.models.pooling import GeM
@@ -164,13 +160,11 @@ class DOLG(RetrievalModel):
         reduction_dim: int = 512,
     ) -> None:
         super().__init__()
-        if pretrained and weights is not None:
-            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
         if reduction_dim <= 0:
             raise ValueError(f"reduction_dim must be positive, got {reduction_dim}.")
         if multi_atrous and (not dilations or any(d < 1 for d in dilations)):
             raise ValueError(f"dilations must be positive integers, got {tuple(dilations)}.")
-        self.backbone, c4 = create_backbone(backbone, pretrained=pretrained)
+        c4 = self.build_backbone(backbone, pretrained, weights)
         if not isinstance(self.backbone, ResNet):
             raise ValueError(f"DOLG needs a timm ResNet backbone (layer3 and layer4), got {backbone!r}.")
         c3 = int(self.backbone.feature_info[-2]["num_chs"])
@@ -180,7 +174,6 @@ class DOLG(RetrievalModel):
         self.fc_t = nn.Linear(c4, c3)
         self.fc = nn.Linear(2 * c3, reduction_dim)
         self.feat_dim: int = reduction_dim
-        self.data_config: dict[str, Any] = backbone_data_config(backbone, self.backbone)
         self.config: dict[str, Any] = {
             "method": "dolg",
             "backbone": backbone,

@@ -9,10 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from irlib.models._registry import register_model
-from irlib.models.backbones import (
-    backbone_data_config,
-    create_backbone,
-)
 from irlib.models.base import RetrievalModel
 from irlib.models.pooling import GeM
 
@@ -37,15 +33,12 @@ class GeMNet(RetrievalModel):
         whitening: int | None = None,
     ) -> None:
         super().__init__()
-        if pretrained and weights is not None:
-            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
         if whitening is not None and whitening <= 0:
             raise ValueError(f"whitening must be a positive dimension or None, got {whitening}.")
-        self.backbone, channels = create_backbone(backbone, pretrained=pretrained)
+        channels = self.build_backbone(backbone, pretrained, weights)
         self.pool = GeM(p=p, learn_p=learn_p)
         self.whiten: nn.Module = nn.Linear(channels, whitening) if whitening is not None else nn.Identity()
         self.feat_dim: int = whitening if whitening is not None else channels
-        self.data_config: dict[str, Any] = backbone_data_config(backbone, self.backbone)
         self.config: dict[str, Any] = {
             "method": "gem",
             "backbone": backbone,

@@ -34,10 +34,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from irlib.models._registry import register_model
-from irlib.models.backbones import (
-    backbone_data_config,
-    create_backbone,
-)
 from irlib.models.base import RetrievalModel
 from irlib.models.pooling import GeM
 
@@ -115,14 +111,11 @@ class SENet(RetrievalModel):
         p: float = 3.0,
     ) -> None:
         super().__init__()
-        if pretrained and weights is not None:
-            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
-        self.backbone, channels = create_backbone(backbone, pretrained=pretrained)
+        channels = self.build_backbone(backbone, pretrained, weights)
         self.ssm = SelfSimilarityModule(channels, mid_dim, unfold_size, kernel_size)
         self.pool = GeM(p=p, learn_p=True)
         self.whiten = nn.Linear(channels, dim)
         self.feat_dim: int = dim
-        self.data_config: dict[str, Any] = backbone_data_config(backbone, self.backbone)
         self.config: dict[str, Any] = {
             "method": "senet",
             "backbone": backbone,

@@ -73,10 +73,6 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 from irlib.models._registry import register_model
-from irlib.models.backbones import (
-    backbone_data_config,
-    create_backbone,
-)
 from irlib.models.base import RetrievalModel
 from irlib.models.checkpoints import register_converter
 from irlib.models.pooling import gem
@@ -343,8 +339,6 @@ class SpCa(RetrievalModel):
         fuser_mlp_norm: bool = False,
     ) -> None:
         super().__init__()
-        if pretrained and weights is not None:
-            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r} (the official 'fur' is broken).")
         if fuser_mlp_norm and combine != "cro":
@@ -352,7 +346,7 @@ class SpCa(RetrievalModel):
         for name, value in (("outputdim", outputdim), ("K", K), ("local_dim", local_dim), ("multi", multi)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}.")
-        self.backbone, channels = create_backbone(backbone, pretrained=pretrained)
+        channels = self.build_backbone(backbone, pretrained, weights)
         context_dim = K * multi
         self.pos_branch = SpatialContext(
             channels,
@@ -380,7 +374,6 @@ class SpCa(RetrievalModel):
                 self.fuser, fused_channels = OuterProductFuser(channels, context_dim), channels // 4 * context_dim
             self.whiten = nn.Conv2d(fused_channels, outputdim, kernel_size=1)
         self.feat_dim: int = outputdim
-        self.data_config: dict[str, Any] = backbone_data_config(backbone, self.backbone)
         self.config: dict[str, Any] = {
             "method": "spca",
             "backbone": backbone,

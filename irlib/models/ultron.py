@@ -48,8 +48,6 @@ from torch import Tensor, nn
 
 from irlib.models._registry import register_model
 from irlib.models.backbones import (
-    backbone_data_config,
-    create_backbone,
     load_backbone_weights,
     load_state_dict_strict,
     read_state_dict,
@@ -257,9 +255,7 @@ class ULTRON(RetrievalModel):
         gamma: float = 2.0,
     ) -> None:
         super().__init__()
-        if pretrained and weights is not None:
-            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
-        self.backbone, _ = create_backbone(backbone, pretrained=pretrained)
+        self.build_backbone(backbone, pretrained, weights)
         state_dict = read_state_dict(weights) if weights is not None else None
         source = os.fspath(weights) if weights is not None else ""
         full = state_dict is not None and any(k.startswith("backbone.") for k in state_dict)
@@ -278,7 +274,6 @@ class ULTRON(RetrievalModel):
         self.pool = AlphaAttentionPool(embed_dim, alpha=alpha, gamma=gamma)
         self.head = nn.Linear(embed_dim, dim)
         self.feat_dim: int = dim
-        self.data_config: dict[str, Any] = backbone_data_config(backbone, self.backbone)
         self.config: dict[str, Any] = {
             "method": "ultron",
             "backbone": backbone,
