@@ -35,9 +35,11 @@ __all__ = [
     "GLDV2_CLEAN_COUNTS",
     "RGLDV2_CLEAN_COUNTS",
     "GLDv2Counts",
+    "GLDv2Retrieval",
     "gldv2_counts",
     "gldv2_image_path",
     "gldv2_index_test",
+    "gldv2_retrieval",
     "gldv2_retrieval_solution",
     "gldv2_train",
     "read_exclusion_file",
@@ -386,6 +388,51 @@ def gldv2_index_test(root: str | os.PathLike) -> tuple[list[str], list[str]]:
     """
     root = Path(root)
     return _read_ids(root / "index.csv"), _read_ids(root / "test.csv")
+
+
+@dataclass(frozen=True, eq=False)
+class GLDv2Retrieval:
+    """The GLDv2 retrieval benchmark: ``index_ids`` (database), the ``solution`` queries and their relevant index ids.
+
+    ``query_ids`` are the test ids with ground truth (``Ignored`` and ``None`` rows of the solution left out), in
+    solution-file order; the other test images are never scored (DELF ``ReadSolution``).
+    """
+
+    root: Path
+    index_ids: tuple[str, ...]
+    test_ids: tuple[str, ...]
+    solution: dict[str, list[str]]
+
+    @property
+    def query_ids(self) -> list[str]:
+        return list(self.solution)
+
+    def index_paths(self) -> list[Path]:
+        return [self.root / gldv2_image_path("index", i) for i in self.index_ids]
+
+    def query_paths(self) -> list[Path]:
+        return [self.root / gldv2_image_path("test", i) for i in self.solution]
+
+
+def gldv2_retrieval(
+    root: str | os.PathLike,
+    usage: Iterable[str] = ("Public", "Private"),
+    solution_file: str = "retrieval_solution_v2.1.csv",
+) -> GLDv2Retrieval:
+    """Read ``index.csv``, ``test.csv`` and the retrieval solution from ``root``; every solution id must be a test id
+    and every relevant id an index id (ValueError naming the file and the first offending ids otherwise)."""
+    root = Path(root)
+    index_ids, test_ids = gldv2_index_test(root)
+    solution = gldv2_retrieval_solution(root / solution_file, usage)
+    tests, index = set(test_ids), set(index_ids)
+    unknown_q = [q for q in solution if q not in tests]
+    unknown_db = sorted({i for ids in solution.values() for i in ids} - index)
+    for what, bad, listing in (("test", unknown_q, "test.csv"), ("index", unknown_db, "index.csv")):
+        if bad:
+            raise ValueError(
+                f"{root / solution_file}: {len(bad)} {what} ids are not in {root / listing}: {', '.join(bad[:_SHOW])}"
+            )
+    return GLDv2Retrieval(root, tuple(index_ids), tuple(test_ids), solution)
 
 
 def gldv2_image_path(split: str, image_id: str) -> str:

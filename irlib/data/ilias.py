@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IliasDataset", "IliasImage", "IliasTextQuery", "read_bbox_file"]
+__all__ = ["IliasDataset", "IliasIdFiles", "IliasImage", "IliasTextQuery", "read_bbox_file", "read_id_files"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TEXT_RE = re.compile(r"T\d+\.txt")
@@ -56,11 +56,20 @@ class IliasDataset:
     text_queries: tuple[IliasTextQuery, ...]
     positives: tuple[IliasImage, ...]
     distractor_ids: tuple[str, ...] = ()
+    id_files: IliasIdFiles | None = None
 
     @classmethod
-    def from_dir(cls, root: str | os.PathLike, distractor_ids: str | os.PathLike | None = None) -> IliasDataset:
+    def from_dir(
+        cls,
+        root: str | os.PathLike,
+        distractor_ids: str | os.PathLike | None = None,
+        id_dir: str | os.PathLike | None = None,
+    ) -> IliasDataset:
         """Scan ``root`` (instances sorted by name, files by name); ``distractor_ids`` is an optional id list, one id
         per line, plain or gzipped (``distractor_ids.txt.gz``, ids ``<shard>/<key>``).
+
+        ``id_dir``: the official ``image_ids/`` folder; its query and positive lists must name exactly the files
+        found on disk (see :func:`read_id_files`), and the positives' scale and clutter are kept in ``id_files``.
 
         Raises FileNotFoundError for a missing folder or query bbox file and ValueError, naming the file, for a
         malformed bbox or text file, an unexpected file, a bbox file without its image, an instance without image
@@ -84,7 +93,11 @@ class IliasDataset:
             pos, _ = _scan(root, instance, "pos")
             positives += pos
         distractors = () if distractor_ids is None else _read_distractors(Path(distractor_ids), queries + positives)
-        return cls(root, instances, tuple(queries), tuple(texts), tuple(positives), distractors)
+        ids = None
+        if id_dir is not None:
+            ids = read_id_files(id_dir)
+            _cross_check(ids, queries, texts, positives, root)
+        return cls(root, instances, tuple(queries), tuple(texts), tuple(positives), distractors, ids)
 
     def positives_of(self, instance: str) -> list[str]:
         """Ids of the positives of ``instance`` (its ground truth)."""
@@ -104,6 +117,79 @@ class IliasDataset:
     def path(self, image_id: str) -> Path:
         """File of a core image id."""
         return self.root / image_id
+
+
+@dataclass(frozen=True)
+class IliasIdFiles:
+    """The official id lists (``image_ids/``): query and positive ids, and each positive's ``(scale, clutter)``."""
+
+    image_query_ids: tuple[str, ...]
+    text_query_ids: tuple[str, ...]
+    positive_info: dict[str, tuple[float, int]]
+
+
+def read_id_files(id_dir: str | os.PathLike) -> IliasIdFiles:
+    """Read ``image_query_ids.txt`` (CSV, id in column 0), ``text_query_ids.txt`` (one id per line) and
+    ``positive_ids.txt`` (CSV ``id,scale,clutter``) from ``id_dir``, as ilias ``evaluation/src/dataset.py`` does
+    (no header). Malformed rows and repeated ids raise ValueError naming the file and line."""
+    id_dir = Path(id_dir)
+    queries = [row[0] for _, row in _id_rows(id_dir / "image_query_ids.txt", min_fields=1)]
+    texts = [row[0] for _, row in _id_rows(id_dir / "text_query_ids.txt", min_fields=1, max_fields=1)]
+    info: dict[str, tuple[float, int]] = {}
+    path = id_dir / "positive_ids.txt"
+    for line_no, (image_id, scale, clutter) in _id_rows(path, min_fields=3, max_fields=3):
+        try:
+            info[image_id] = (float(scale), int(clutter))
+        except ValueError:
+            raise ValueError(f"{path}:{line_no}: expected 'id,scale,clutter' with a number and an integer") from None
+    return IliasIdFiles(tuple(queries), tuple(texts), info)
+
+
+def _id_rows(path: Path, *, min_fields: int, max_fields: int | None = None) -> Iterable[tuple[int, list[str]]]:
+    """Non-blank CSV rows of an id file with their line numbers; checks the field count and unique ids."""
+    if not path.is_file():
+        raise FileNotFoundError(f"ILIAS id file {path} is missing")
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = [v.strip() for v in line.rstrip("\n").split(",")]
+            if len(row) < min_fields or (max_fields is not None and len(row) > max_fields) or not row[0]:
+                want = f"{min_fields}" if max_fields == min_fields else f"at least {min_fields}"
+                raise ValueError(f"{path}:{line_no}: expected {want} comma-separated fields, got {line.strip()!r}")
+            if row[0] in first_line:
+                first = first_line[row[0]]
+                raise ValueError(f"{path}:{line_no}: {row[0]!r} is listed twice (lines {first} and {line_no})")
+            first_line[row[0]] = line_no
+            yield line_no, row
+
+
+def _cross_check(
+    ids: IliasIdFiles,
+    queries: list[IliasImage],
+    texts: list[IliasTextQuery],
+    positives: list[IliasImage],
+    root: Path,
+) -> None:
+    """The id lists and the scanned files must agree; text ids match with or without their ``.txt``."""
+
+    def stem(i: str) -> str:
+        return i.removesuffix(".txt")
+
+    for what, listed, found in (
+        ("image_query_ids.txt", set(ids.image_query_ids), {q.id for q in queries}),
+        ("text_query_ids.txt", {stem(t) for t in ids.text_query_ids}, {stem(t.id) for t in texts}),
+        ("positive_ids.txt", set(ids.positive_info), {p.id for p in positives}),
+    ):
+        if missing := sorted(listed - found):
+            raise ValueError(f"{what}: {len(missing)} listed ids have no file under {root}: {_shown(missing)}")
+        if extra := sorted(found - listed):
+            raise ValueError(f"{len(extra)} files under {root} are not listed in {what}: {_shown(extra)}")
+
+
+def _shown(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
 
 
 def read_bbox_file(path: str | os.PathLike) -> np.ndarray:

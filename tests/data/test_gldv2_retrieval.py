@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from irlib.data.gldv2 import gldv2_image_path, gldv2_index_test, gldv2_retrieval_solution
+from irlib.data.gldv2 import gldv2_image_path, gldv2_index_test, gldv2_retrieval, gldv2_retrieval_solution
 from irlib.eval.metrics import gldv2_map_at_k
 
 T1, T2, T3, T4, T5 = (f"{i:x}" * 16 for i in range(1, 6))
@@ -78,3 +78,20 @@ def test_index_and_test_ids_and_paths(tmp_path):
     (tmp_path / "index.csv").unlink()
     with pytest.raises(FileNotFoundError, match="index.csv"):
         gldv2_index_test(tmp_path)
+
+
+def test_retrieval_benchmark_cross_checks_solution_against_the_id_files(tmp_path):
+    _write(tmp_path, "index.csv", f"id\n{I1}\n{I2}\n{I3}\n{I4}\n")
+    _write(tmp_path, "test.csv", f"id\n{T1}\n{T2}\n{T3}\n{T4}\n{T5}\n")
+    _write(tmp_path, "retrieval_solution_v2.1.csv", SOLUTION_CSV)
+    bench = gldv2_retrieval(tmp_path)
+    assert bench.query_ids == [T1, T3]
+    assert bench.query_paths()[1] == tmp_path / gldv2_image_path("test", T3)
+    assert len(bench.index_paths()) == 4 and len(bench.test_ids) == 5
+    _write(tmp_path, "index.csv", f"id\n{I1}\n{I2}\n")
+    with pytest.raises(ValueError, match=rf"1 index ids are not in .*index.csv: {I3}$"):
+        gldv2_retrieval(tmp_path)
+    _write(tmp_path, "index.csv", f"id\n{I1}\n{I2}\n{I3}\n{I4}\n")
+    _write(tmp_path, "test.csv", f"id\n{T3}\n")
+    with pytest.raises(ValueError, match=rf"1 test ids are not in .*test.csv: {T1}"):
+        gldv2_retrieval(tmp_path)

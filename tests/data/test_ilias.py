@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from irlib.data.ilias import IliasDataset, read_bbox_file
+from irlib.data.ilias import IliasDataset, read_bbox_file, read_id_files
 from irlib.eval.metrics import ilias_map_at_k
 
 
@@ -117,3 +117,50 @@ def test_read_bbox_file_multi_line(tmp_path):
     path = tmp_path / "b_bbox.txt"
     path.write_text("0 0 1 2\n3 4 0 0\n")
     np.testing.assert_array_equal(read_bbox_file(path), [[0, 0, 1, 2], [3, 4, 3, 4]])
+
+
+def _write_id_files(id_dir: Path, *, extra_query: str = "", drop_positive: bool = False) -> None:
+    """The official ``image_ids/`` lists (no header) for the instances of :func:`_make`."""
+    id_dir.mkdir(parents=True, exist_ok=True)
+    queries = ["blue_car_001/query/Q001_00.jpg", "blue_car_001/query/Q001_01.jpg", "red_mug_000/query/Q000_00.jpg"]
+    (id_dir / "image_query_ids.txt").write_text("".join(f"{q},0\n" for q in queries) + extra_query)
+    (id_dir / "text_query_ids.txt").write_text("red_mug_000/query/T000\n")
+    positives = [("blue_car_001/pos/P001_00.jpg", "0.05", "12"), ("red_mug_000/pos/P000_00.jpg", "0.3", "60")]
+    if not drop_positive:
+        positives.append(("red_mug_000/pos/P000_01.jpg", "0.2", "20"))
+    (id_dir / "positive_ids.txt").write_text("".join(",".join(p) + "\n" for p in positives))
+
+
+def test_id_files_cross_check_the_folders(tmp_path):
+    core = _make(tmp_path)
+    _write_id_files(tmp_path / "image_ids")
+    ds = IliasDataset.from_dir(core, id_dir=tmp_path / "image_ids")
+    assert ds.id_files is not None
+    assert ds.id_files.positive_info["red_mug_000/pos/P000_00.jpg"] == (0.3, 60)
+    assert ds.id_files.text_query_ids == ("red_mug_000/query/T000",)
+
+    _write_id_files(tmp_path / "more", extra_query="red_mug_000/query/Q000_07.jpg,1\n")
+    with pytest.raises(ValueError, match=r"image_query_ids.txt: 1 listed ids have no file under .*Q000_07.jpg"):
+        IliasDataset.from_dir(core, id_dir=tmp_path / "more")
+    _write_id_files(tmp_path / "fewer", drop_positive=True)
+    with pytest.raises(ValueError, match=r"1 files under .* are not listed in positive_ids.txt: .*P000_01.jpg"):
+        IliasDataset.from_dir(core, id_dir=tmp_path / "fewer")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("positive_ids.txt", "red_mug_000/pos/P000_00.jpg,0.3\n", r"positive_ids.txt:1: expected 3 comma-separated"),
+        ("positive_ids.txt", "a/pos/P.jpg,big,3\n", r"positive_ids.txt:1: expected 'id,scale,clutter'"),
+        ("text_query_ids.txt", "a/query/T000\n\na/query/T000\n", r"text_query_ids.txt:3: .* listed twice"),
+        ("image_query_ids.txt", ",0\n", r"image_query_ids.txt:1: expected at least 1"),
+    ],
+)
+def test_malformed_id_files_name_file_and_line(tmp_path, name, text, message):
+    _write_id_files(tmp_path)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_id_files(tmp_path)
+    (tmp_path / name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{name} is missing"):
+        read_id_files(tmp_path)
