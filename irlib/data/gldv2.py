@@ -170,6 +170,12 @@ def _train_set(
     on_missing: OnMissing,
     label_map: str | os.PathLike | dict[int, int] | None,
 ) -> TrainSet:
+    if len(ids) and not (Path(root) / "train").is_dir():
+        found = sorted(p.name for p in Path(root).iterdir()) if Path(root).is_dir() else []
+        raise FileNotFoundError(
+            f"{Path(root) / 'train'} is not a folder: GLDv2 images are expected at <root>/train/<a>/<b>/<c>/<id>.jpg "
+            f"(root holds {found[:10] or 'nothing'}); pass the folder that holds train/"
+        )
     return TrainSet(
         _relpaths(ids),
         landmarks,

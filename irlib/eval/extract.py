@@ -361,6 +361,13 @@ def extract_revisited(
     Queries are cropped to their box unless ``cfg.crop_queries`` is off. With ``cache_dir``, descriptors computed
     before with the same weights, settings and image files are read back instead of extracted.
     """
+    missing = dataset.missing_images()
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {dataset.n_db + dataset.n_queries} images of {dataset.label} are missing, e.g. "
+            f"{', '.join(map(str, missing[:3]))}; the revisited layout is <root>/jpg/<name>.jpg with root "
+            f"{dataset.root} (and distractors as listed in their list file)"
+        )
     boxes = dataset.bbx.tolist() if cfg.crop_queries else None
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
     weights = model_fingerprint(model) if cache else ""

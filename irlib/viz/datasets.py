@@ -51,8 +51,10 @@ def plot_image_sizes(sizes: pd.DataFrame, title: str = "") -> Figure:
     else:
         ax_wh.scatter(ok["width"], ok["height"], s=6, alpha=0.5, color="#3b75af")
     ax_wh.set(xlabel="width (px)", ylabel="height (px)", title=f"{len(ok)} images")
-    ax_ar.hist(np.log2(ok["aspect"]), bins=40, color="#4c9f70", edgecolor="white", linewidth=0.5)
     ticks = np.array([1 / 3, 1 / 2, 3 / 4, 1, 4 / 3, 2, 3])
+    edge = np.log2(3.5)
+    log_aspect = np.clip(np.log2(ok["aspect"]), -edge, edge)  # extreme panoramas land in the outer bins
+    ax_ar.hist(log_aspect, bins=np.linspace(-edge, edge, 49), color="#4c9f70", edgecolor="white", linewidth=0.5)
     ax_ar.set_xticks(np.log2(ticks), [f"{t:.2g}" for t in ticks])
     ax_ar.set(xlabel="aspect ratio (w / h)", ylabel="images", title="landscape > 1 > portrait")
     fig.suptitle(title)

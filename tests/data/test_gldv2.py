@@ -125,6 +125,12 @@ def test_missing_image_error_or_skip(gld: Path) -> None:
     assert ds.num_classes == 4
 
 
+def test_wrong_folder_layout_says_what_was_expected(gld: Path) -> None:
+    (gld / "train").rename(gld / "images")
+    with pytest.raises(FileNotFoundError, match=r"train is not a folder: GLDv2 images are expected at .*'images'"):
+        gldv2_train(gld)
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [

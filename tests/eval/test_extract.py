@@ -113,6 +113,8 @@ def test_a_missing_image_names_file_and_dataset(tiny_revisited, model):
     ds = RevisitedDataset.from_dir(tiny_revisited)
     ds.db_paths[3].unlink()
     with pytest.raises(ImageLoadError, match=r"db_3\.jpg of dataset 'tiny' does not exist"):
+        extract_descriptors(model, ds.db_paths, cfg=ExtractConfig(image_size=64), dataset="tiny", progress=False)
+    with pytest.raises(FileNotFoundError, match=r"1 of 8 images of tiny are missing, e.g. .*db_3\.jpg; the revisited"):
         extract_revisited(model, ds, ExtractConfig(image_size=64, scales=(1.0,)), progress=False)
 
 
