@@ -1,4 +1,4 @@
-"""Command line: ``python -m irlib <command>`` (``eval``, ``make-demo-data``, ``summarize``, ``train``)."""
+"""Command line, ``python -m irlib <command>``: ``download``, ``eval``, ``make-demo-data``, ``summarize``, ``train``."""
 
 from __future__ import annotations
 
@@ -161,13 +161,51 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"eval": _run_eval, "make-demo-data": _run_demo, "summarize": _run_summarize, "train": _run_train}
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    from irlib.data.download import list_downloads
+
+    p = sub.add_parser("download", help="download datasets into --root (resumable, checksum-verified)")
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"datasets: {', '.join(list_downloads())}")
+    p.add_argument("--root", type=Path, default=Path("data"), help="folder to download into (default: data)")
+    p.add_argument("--mirror", help="base URL replacing the scheme and host of every URL (the path is kept)")
+    p.add_argument("--retries", type=int, default=5, help="attempts after the first for each file (default 5)")
+    p.add_argument("--force", action="store_true", help="download again an existing file that fails verification")
+    p.add_argument("--list", action="store_true", help="list the datasets (or the files of NAMEs), download nothing")
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from irlib.data.download import DATASETS, describe, download, list_downloads
+
+    unknown = [name for name in args.names if name not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown dataset {', '.join(unknown)}; available: {', '.join(list_downloads())}")
+    if args.list:
+        for name in args.names or list_downloads():
+            print(describe(name))
+            if args.names:
+                print("\n".join(f"  {res.url} -> {res.dest}" for res in DATASETS[name]))
+        return 0
+    if not args.names:
+        raise SystemExit(f"irlib download: name one or more datasets ({', '.join(list_downloads())}), or --list")
+    for name in args.names:
+        folder = download(name, args.root, mirror=args.mirror, retries=args.retries, force=args.force)
+        print(f"{name} ready in {folder}")
+    return 0
+
+
+_COMMANDS = {
+    "download": _run_download,
+    "eval": _run_eval,
+    "make-demo-data": _run_demo,
+    "summarize": _run_summarize,
+    "train": _run_train,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="irlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_eval, _add_demo, _add_summarize, _add_train):
+    for add in (_add_download, _add_eval, _add_demo, _add_summarize, _add_train):
         add(sub)
     args = parser.parse_args(argv)
     try:

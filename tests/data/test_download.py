@@ -1,0 +1,423 @@
+"""``irlib.data.download`` against a local HTTP server: resume, retries, checksums, manifest, archives, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import threading
+import urllib.parse
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from irlib.cli import main
+from irlib.data import download as dl
+from irlib.data.download import (
+    DATASETS,
+    GND_SHA256,
+    MANIFEST,
+    ArchiveError,
+    ChecksumError,
+    DownloadError,
+    Resource,
+    download,
+    extract_archive,
+    fetch,
+)
+from irlib.io import sha256_file
+from tests.conftest import shared_path
+
+FAST = {"backoff": 0.0, "timeout": 5.0, "progress": False}
+
+
+@dataclass
+class Fault:
+    """What the server does wrong for one path; counts are over that path's requests, in order."""
+
+    interrupt_after: int | None = None  # announce the whole length, send this many bytes, close the connection
+    interrupts: int = 1  # ... for this many first requests
+    unavailable: int = 0  # the first requests answered 503
+    corrupt: int = 0  # the first requests served with one byte flipped
+    ignore_range: bool = False  # always answer 200 with the whole file
+
+
+class FileServer:
+    """In-memory files on 127.0.0.1 with Range support, fault injection and a log of ``(path, Range)`` requests."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.faults: dict[str, Fault] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+
+    def serve(self, path: str, data: bytes, **fault) -> str:
+        """Serve ``data`` at ``path`` (with a :class:`Fault`'s fields); returns its URL."""
+        self.files[path] = data
+        self.faults[path] = Fault(**fault)
+        return self.url + path
+
+    def ranges(self, path: str) -> list[str | None]:
+        """The Range header of every request for ``path`` (``None``: no Range)."""
+        return [r for p, r in self.requests if p == path]
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path, rng = urllib.parse.urlsplit(self.path).path, self.headers.get("Range")
+                with server._lock:
+                    n = len(server.ranges(path))
+                    server.requests.append((path, rng))
+                if path not in server.files:
+                    self.send_error(404)
+                    return
+                data, fault = server.files[path], server.faults[path]
+                if n < fault.unavailable:
+                    self.send_error(503)
+                    return
+                if n < fault.corrupt:
+                    data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                start = 0
+                if rng and not fault.ignore_range:
+                    start = int(re.fullmatch(r"bytes=(\d+)-", rng)[1])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fault.interrupt_after is not None and n < fault.interrupts:
+                    body = body[: fault.interrupt_after]
+                    self.close_connection = True
+                self.wfile.write(body)
+
+        return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    s = FileServer()
+    yield s
+    s.close()
+
+
+def _payload(n: int = 100_000) -> bytes:
+    return bytes(range(256)) * (n // 256) + b"end"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_download_is_verified_and_moved_into_place(server, tmp_path):
+    data = _payload()
+    url = server.serve("/f.bin", data)
+    got = fetch(url, tmp_path / "f.bin", sha256=_sha(data), size=len(data), **FAST)
+    assert got.path.read_bytes() == data and got.sha256 == _sha(data) and not got.reused
+    assert server.ranges("/f.bin") == [None] and list(tmp_path.iterdir()) == [tmp_path / "f.bin"]
+
+
+def test_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):
+    data = _payload()
+    url = server.serve("/f.bin", data, interrupt_after=30_000)
+    got = fetch(url, tmp_path / "f.bin", sha256=_sha(data), **FAST)
+    assert server.ranges("/f.bin") == [None, "bytes=30000-"]
+    assert got.path.read_bytes() == data and not (tmp_path / "f.bin.part").exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    data = _payload()
+    url = server.serve("/f.bin", data, interrupt_after=30_000, ignore_range=True)
+    fetch(url, tmp_path / "f.bin", sha256=_sha(data), **FAST)
+    assert server.ranges("/f.bin") == [None, "bytes=30000-"]  # asked to resume, got the whole file
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_unavailable_server_is_retried(server, tmp_path):
+    data = _payload()
+    url = server.serve("/f.bin", data, unavailable=2)
+    fetch(url, tmp_path / "f.bin", sha256=_sha(data), retries=2, **FAST)
+    assert len(server.ranges("/f.bin")) == 3 and (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_exhausted_retries_keep_the_part_and_the_next_call_resumes(server, tmp_path):
+    data = _payload()
+    url = server.serve("/f.bin", data, interrupt_after=20_000, interrupts=2)
+    dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
+    with pytest.raises(DownloadError, match=r"gave up after 2 attempts.*is kept, run again to resume") as err:
+        fetch(url, dest, sha256=_sha(data), retries=1, **FAST)
+    assert url in str(err.value) and str(part) in str(err.value)
+    assert not dest.exists() and part.stat().st_size == 40_000
+    fetch(url, dest, sha256=_sha(data), retries=0, **FAST)
+    assert server.ranges("/f.bin") == [None, "bytes=20000-", "bytes=40000-"]
+    assert dest.read_bytes() == data and not part.exists()
+
+
+def test_corrupted_file_raises_and_leaves_nothing(server, tmp_path):
+    data = _payload()
+    bad = data[:-1] + bytes([data[-1] ^ 0xFF])
+    url = server.serve("/f.bin", data, corrupt=99)
+    with pytest.raises(ChecksumError) as err:
+        fetch(url, tmp_path / "f.bin", sha256=_sha(data), retries=2, **FAST)
+    message = str(err.value)
+    assert all(s in message for s in (url, str(tmp_path / "f.bin"), _sha(data), _sha(bad), "after 3 attempts"))
+    assert list(tmp_path.iterdir()) == [] and len(server.ranges("/f.bin")) == 3
+
+
+def test_a_corrupted_transfer_is_downloaded_again(server, tmp_path):
+    data = _payload()
+    url = server.serve("/f.bin", data, corrupt=1)
+    fetch(url, tmp_path / "f.bin", sha256=_sha(data), retries=1, **FAST)
+    assert server.ranges("/f.bin") == [None, None] and (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_client_error_fails_at_once_naming_the_url(server, tmp_path):
+    with pytest.raises(DownloadError, match=r"/missing.bin: HTTP 404"):
+        fetch(server.url + "/missing.bin", tmp_path / "m.bin", retries=3, **FAST)
+    assert len(server.requests) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_complete_part_is_accepted_on_range_not_satisfiable(server, tmp_path):
+    data = _payload()
+    url = server.serve("/f.bin", data)
+    (tmp_path / "f.bin.part").write_bytes(data)
+    fetch(url, tmp_path / "f.bin", sha256=_sha(data), **FAST)
+    assert server.ranges("/f.bin") == [f"bytes={len(data)}-"] and (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_existing_file_is_reused_without_a_request_or_refused_unless_forced(server, tmp_path):
+    data = _payload()
+    url = server.serve("/f.bin", data)
+    dest = tmp_path / "f.bin"
+    fetch(url, dest, sha256=_sha(data), **FAST)
+    assert fetch(url, dest, sha256=_sha(data), **FAST).reused and len(server.requests) == 1
+    dest.write_bytes(b"something else")
+    with pytest.raises(ChecksumError, match="exists but its sha256 is"):
+        fetch(url, dest, sha256=_sha(data), **FAST)
+    assert len(server.requests) == 1
+    assert not fetch(url, dest, sha256=_sha(data), force=True, **FAST).reused and dest.read_bytes() == data
+
+
+def test_gldv2_style_md5_list(server, tmp_path, monkeypatch):
+    tar = _tar({"0/1/2/0123456789abcdef.jpg": b"jpeg 1", "f/e/d/fedcba9876543210.jpg": b"jpeg 2"}, mode="w")
+    md5 = hashlib.md5(tar).hexdigest()
+    url = server.serve("/train/images_000.tar", tar)
+    server.serve("/md5sum/train/md5.images_000.txt", f"{'1' * 32}  images_001.tar\n{md5}  images_000.tar\n".encode())
+    server.serve("/md5sum/train/md5.bad.txt", f"{'0' * 32}  images_000.tar\n".encode())
+    md5_url = server.url + "/md5sum/train/md5.images_000.txt"
+    res = Resource(url, "gld/train/images_000.tar", md5_url=md5_url, extract=True, extract_to="gld/train")
+    monkeypatch.setitem(DATASETS, "toy-gld", (res,))
+    download("toy-gld", tmp_path, log=None, **FAST)
+    assert (tmp_path / "gld/train/0/1/2/0123456789abcdef.jpg").read_bytes() == b"jpeg 1"
+    assert (tmp_path / "gld/train/f/e/d/fedcba9876543210.jpg").exists()
+    assert not (tmp_path / "gld/train/images_000.tar").exists()
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["files"]["gld/train/images_000.tar"]["checked"] == f"published md5 {md5}"
+    server.requests.clear()
+    download("toy-gld", tmp_path, log=None, **FAST)
+    assert server.requests == []
+
+    bad = Resource(url, "other/images_000.tar", md5_url=server.url + "/md5sum/train/md5.bad.txt")
+    monkeypatch.setitem(DATASETS, "toy-bad", (bad,))
+    with pytest.raises(ChecksumError, match=f"md5 is {md5}, expected {'0' * 32}"):
+        download("toy-bad", tmp_path, log=None, retries=0, **FAST)
+    assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_unpublished_checksum_is_recorded_on_first_use_and_enforced_later(server, tmp_path, monkeypatch):
+    url = server.serve("/list.txt", b"a.jpg\nb.jpg\n")
+    other = Resource(server.serve("/n.txt", b"n"), "toy/n.txt")
+    monkeypatch.setitem(DATASETS, "toy", (Resource(url, "toy/list.txt"), other))
+    lines: list[str] = []
+    download("toy", tmp_path, log=lines.append, **FAST)
+    assert sum("no checksum is published" in line for line in lines) == 1
+    entry = json.loads((tmp_path / MANIFEST).read_text())["files"]["toy/list.txt"]
+    assert entry["sha256"] == _sha(b"a.jpg\nb.jpg\n") and entry["checked"] == "trust on first use"
+
+    (tmp_path / "toy/list.txt").unlink()
+    server.files["/list.txt"] = b"a.jpg\nc.jpg\n"
+    with pytest.raises(ChecksumError, match=r"recorded when the file was first downloaded.*remove its entry"):
+        download("toy", tmp_path, log=None, retries=0, **FAST)
+    assert not (tmp_path / "toy/list.txt").exists() and not (tmp_path / "toy/list.txt.part").exists()
+
+
+@pytest.fixture
+def roxford_server(server) -> FileServer:
+    """The roxford5k files on the test server: a small tgz (nested and top-level images) and the real gnd pkl."""
+    gnd = shared_path("data", "revisitop", "gnd_roxford5k.pkl").read_bytes()
+    tgz = _tar(
+        {
+            "oxbuild_images/all_souls_000000.jpg": b"\xff\xd8 a",
+            "oxbuild_images/x/radcliffe_camera_000001.jpg": b"\xff\xd8 b",
+            "magdalen_000002.jpg": b"\xff\xd8 c",
+        }
+    )
+    server.serve("/~vgg/data/oxbuildings/oxbuild_images-v1.tgz", tgz)
+    server.serve("/revisitop/data/datasets/roxford5k/gnd_roxford5k.pkl", gnd)
+    return server
+
+
+def test_roxford5k_from_a_mirror(roxford_server, tmp_path):
+    folder = download("roxford5k", tmp_path, mirror=roxford_server.url + "/", log=None, **FAST)
+    assert folder == tmp_path / "roxford5k"
+    assert sorted(p.name for p in (folder / "jpg").iterdir()) == [
+        "all_souls_000000.jpg",
+        "magdalen_000002.jpg",
+        "radcliffe_camera_000001.jpg",
+    ]
+    assert (folder / "jpg/radcliffe_camera_000001.jpg").read_bytes() == b"\xff\xd8 b"
+    assert sha256_file(folder / "gnd_roxford5k.pkl") == GND_SHA256["roxford5k"][0]
+    assert sorted(p.name for p in folder.iterdir()) == ["gnd_roxford5k.pkl", "jpg"]  # archive deleted
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["extracted"]["roxford5k/jpg/oxbuild_images-v1.tgz"] == {"into": "roxford5k/jpg", "files": 3}
+    assert manifest["files"]["roxford5k/gnd_roxford5k.pkl"]["checked"] == "published sha256"
+
+    roxford_server.requests.clear()
+    download("roxford5k", tmp_path, mirror=roxford_server.url, log=None, **FAST)
+    assert roxford_server.requests == []
+
+
+def test_cli_downloads_and_reports_errors_on_one_line(roxford_server, tmp_path, capsys):
+    root = tmp_path / "data"
+    assert main(["download", "roxford5k", "--root", str(root), "--mirror", roxford_server.url]) == 0
+    assert "roxford5k ready in" in capsys.readouterr().out and (root / "roxford5k/gnd_roxford5k.pkl").exists()
+    assert main(["download", "rparis6k", "--root", str(root), "--mirror", roxford_server.url, "--retries", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("irlib download: error: ") and "paris_1-v1.tgz: HTTP 404" in err
+    assert main(["download", "roxford5k", "nosuchset", "--root", str(root)]) == 2
+    assert "unknown dataset nosuchset" in capsys.readouterr().err
+
+
+def test_cli_lists_the_datasets(capsys):
+    assert main(["download", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in DATASETS)
+    assert main(["download", "--list", "rparis6k"]) == 0
+    assert "paris_2-v1.tgz -> rparis6k/jpg/paris_2-v1.tgz" in capsys.readouterr().out
+
+
+def test_revisitop1m_counts_the_listed_images_present(server, tmp_path, monkeypatch):
+    listed = b"00/000.jpg\n00/001.jpg\n01/002.jpg\n"
+    tars = [_tar({"00/000.jpg": b"a", "00/001.jpg": b"b"}), _tar({"02/003.jpg": b"c"})]
+    resources = [Resource(server.serve("/r1m/revisitop1m.txt", listed), "revisitop1m/revisitop1m.txt")]
+    resources += [
+        dl._archive(server.serve(f"/r1m/jpg/revisitop1m.{i}.tar.gz", t), "revisitop1m/jpg") for i, t in enumerate(tars)
+    ]
+    monkeypatch.setitem(DATASETS, "revisitop1m", tuple(resources))
+    lines: list[str] = []
+    download("revisitop1m", tmp_path, log=lines.append, **FAST)
+    assert (tmp_path / "revisitop1m/jpg/00/001.jpg").read_bytes() == b"b"
+    assert lines[-1].startswith("revisitop1m.txt: 2 of the 3 listed images are present")
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        tarfile.TarInfo("../evil.txt"),
+        tarfile.TarInfo("/tmp/evil.txt"),
+        tarfile.TarInfo("ok/../../evil.txt"),
+    ],
+    ids=["dotdot", "absolute", "nested-dotdot"],
+)
+def test_archive_members_outside_the_folder_are_refused(tmp_path, member):
+    member.size = 4
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.addfile(member, io.BytesIO(b"evil"))
+    archive = tmp_path / "a.tgz"
+    archive.write_bytes(buf.getvalue())
+    with pytest.raises(ArchiveError, match=rf"{re.escape(str(archive))}: refusing member"):
+        extract_archive(archive, tmp_path / "out" / "jpg")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.tgz", "jpg", "out"]
+
+
+def test_links_and_zip_traversal_are_refused(tmp_path):
+    link = tarfile.TarInfo("pw")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.addfile(link)
+    (tmp_path / "l.tar").write_bytes(buf.getvalue())
+    with pytest.raises(ArchiveError, match="refusing member 'pw'"):
+        extract_archive(tmp_path / "l.tar", tmp_path / "out")
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
+        zf.writestr("../evil.txt", b"evil")
+    with pytest.raises(ArchiveError, match="refusing member '../evil.txt'"):
+        extract_archive(tmp_path / "z.zip", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_zip_is_unpacked_keeping_its_folders(tmp_path):
+    with zipfile.ZipFile(tmp_path / "info_files.zip", "w") as zf:
+        zf.writestr("info_files/cars/train.json", b"[]")
+    assert extract_archive(tmp_path / "info_files.zip", tmp_path / "uned") == 1
+    assert (tmp_path / "uned/info_files/cars/train.json").read_bytes() == b"[]"
+
+
+@pytest.mark.parametrize("cut", [0.5, None], ids=["truncated", "garbage"])
+def test_corrupt_archive_is_named(tmp_path, cut):
+    data = _tar({f"{i}.jpg": _payload(5000) for i in range(20)})
+    archive = tmp_path / "broken.tgz"
+    archive.write_bytes(data[: int(len(data) * cut)] if cut else b"not an archive at all")
+    with pytest.raises(ArchiveError, match=rf"{re.escape(str(archive))} is not a readable archive"):
+        extract_archive(archive, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_flattening_refuses_two_files_of_the_same_name(tmp_path):
+    (tmp_path / "a.tgz").write_bytes(_tar({"x/im.jpg": b"1", "y/im.jpg": b"2"}))
+    with pytest.raises(ArchiveError, match="same file name"):
+        extract_archive(tmp_path / "a.tgz", tmp_path / "jpg", flatten=True)
+
+
+def test_the_dataset_table():
+    assert dl.list_downloads() == sorted(DATASETS)
+    train = [r for r in DATASETS["gldv2-clean"] if r.extract]
+    assert len(train) == 500 and train[-1].url.endswith("/google-landmark/train/images_499.tar")
+    assert train[7].md5_url == "https://s3.amazonaws.com/google-landmark/md5sum/train/md5.images_007.txt"
+    assert train[7].dest == "gldv2/train/images_007.tar" and train[7].extract_to == "gldv2/train"
+    retrieval = [r.extract_to for r in DATASETS["gldv2-retrieval"] if r.extract]
+    assert (retrieval.count("gldv2/index"), retrieval.count("gldv2/test")) == (100, 20)
+    r1m = [r for r in DATASETS["revisitop1m"] if r.extract]
+    assert len(r1m) == 100 and r1m[-1].url.endswith("/revisitop1m/jpg/revisitop1m.100.tar.gz")
+    assert all(r.flatten for name in ("roxford5k", "rparis6k") for r in DATASETS[name] if r.extract)
+    assert dl._mirrored("https://host.org/a/b.tgz?x=1", "http://m.local/pre/") == "http://m.local/pre/a/b.tgz?x=1"
+
+
+@pytest.mark.parametrize("name", ["roxford5k", "rparis6k"])
+def test_recorded_gnd_checksums_match_the_reference_files(name):
+    path = shared_path("data", "revisitop", f"gnd_{name}.pkl")
+    assert (sha256_file(path), path.stat().st_size) == GND_SHA256[name]
