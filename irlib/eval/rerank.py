@@ -1,0 +1,464 @@
+"""Rerankers of a retrieval ranking: pure functions on global descriptors and a descriptor-only shortlist.
+
+Inputs are float32 descriptors with L2-normalised rows: queries ``Q (n_q, D)`` and database ``X (N, D)``. Every
+reranker starts from the same initial ranking, :func:`initial_ranks` (``X @ Q.T`` sorted best first; descriptors
+only, never labels), or from a ``ranks`` array passed in, and returns a :class:`Reranked` whose ``ranks`` go straight
+to ``irlib.eval.revisited.evaluate(gnd, ranks=...)``.
+
+* :func:`alpha_qe` / :func:`average_qe`: α-weighted / average query expansion, then a new search of the whole database.
+* :func:`alpha_dba`: α-weighted database-side augmentation (returns new database descriptors, not a ranking).
+* :func:`k_reciprocal_rerank`: k-reciprocal re-ranking (Zhong et al., CVPR 2017) of the top-M shortlist.
+* :func:`diffusion_rerank`: diffusion (Iscen et al., CVPR 2017) on a mutual kNN graph of the top-M shortlist.
+* :func:`superglobal_rerank`: SuperGlobal's MDescAug + RerankwMDA (Shao et al., ICCV 2023), reproducing the official
+  code (``ShihaoShao-GH/SuperGlobal``, ``modules/reranking/``) step by step in float32 torch.
+
+Shortlist rerankers reorder the first ``M' = min(M, len(ranks))`` rows of the initial ranking and keep the tail.
+Ties are broken by the lower index (database id, shortlist position) unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.linalg import cg
+
+# largest float32 temporaries (elements) built at once by the chunked loops below
+_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Reranked:
+    """A reranked retrieval result.
+
+    Attributes:
+        ranks: ``(L, n_q)`` int64 database ids, best first, in revisitop's orientation (column q is query q), as
+            ``evaluate(gnd, ranks=...)`` takes them. ``L`` is the length of the initial ranking (``N`` by default);
+            shortlist rerankers reorder rows ``0..M'-1`` and leave rows ``M'..L-1`` unchanged.
+        scores: ``(n_q, L')`` float32, the reranker's score of ``ranks[p, q]`` at ``[q, p]`` for the ``L'`` reranked
+            rows (``M'`` for shortlist rerankers, ``N`` for query expansion), non-increasing along each row.
+        details: method-specific intermediates (documented per function).
+    """
+
+    ranks: np.ndarray
+    scores: np.ndarray
+    details: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+
+def _descriptors(name: str, a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D (n, D) array, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name} must hold floating-point descriptors, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
+def _pair(Q: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q, x = _descriptors("Q", Q), _descriptors("X", X)
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"descriptor sizes differ: Q has D={q.shape[1]}, X has D={x.shape[1]}")
+    return q, x
+
+
+def _int_at_least(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value: float, low: float = -np.inf, high: float = np.inf, *, open_high: bool = False) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value < low or value > high or (open_high and value == high):
+        raise ValueError(f"{name} must be finite and in [{low}, {high}{')' if open_high else ']'}, got {value!r}")
+    return value
+
+
+def _ranks(ranks: np.ndarray | None, Q: np.ndarray, X: np.ndarray, *, stable: bool = True) -> np.ndarray:
+    """The initial ranking ``(L, n_q)``: :func:`initial_ranks` when ``ranks`` is None, else ``ranks`` validated."""
+    if ranks is None:
+        return initial_ranks(Q, X, stable=stable)
+    r = np.asarray(ranks)
+    if r.ndim != 2 or r.shape[1] != Q.shape[0] or r.shape[0] == 0:
+        raise ValueError(f"ranks must have shape (L >= 1, n_q={Q.shape[0]}) as revisitop's, got {r.shape}")
+    if not np.issubdtype(r.dtype, np.integer):
+        raise ValueError(f"ranks must hold integer database ids, got dtype {r.dtype}")
+    if r.min() < 0 or r.max() >= X.shape[0]:
+        raise ValueError(f"ranks holds ids outside [0, N={X.shape[0]})")
+    return r.astype(np.int64)
+
+
+def _l2n(a: np.ndarray) -> np.ndarray:
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), np.finfo(a.dtype).tiny)
+
+
+def _by_rank(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``scores (n_q, L)`` rearranged by ``order (n_q, L)`` and cast to float32."""
+    return np.take_along_axis(scores, order, axis=1).astype(np.float32)
+
+
+def _rerank_head(ranks: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``ranks (L, n_q)`` with its first ``M'`` rows permuted by ``order (n_q, M')`` (shortlist positions)."""
+    out = ranks.copy()
+    m = order.shape[1]
+    out[:m] = np.take_along_axis(ranks[:m].T, order, axis=1).T
+    return out
+
+
+# --- initial ranking --------------------------------------------------------------------------------------------
+
+
+def initial_ranks(Q: np.ndarray, X: np.ndarray, *, stable: bool = True) -> np.ndarray:
+    """The initial ranking ``(N, n_q)`` by descriptor similarity only: ``argsort(-(X @ Q.T), axis=0)``.
+
+    Computed as SuperGlobal's ``test_model.py`` does (``torch.matmul(X, Q.T)`` in float32 over the whole batch), so
+    the fp32 scores are the official ones. ``stable=True`` breaks ties by the lower database id; ``stable=False`` is
+    torch's default sort, whose tie order is implementation-defined.
+    """
+    q, x = _pair(Q, X)
+    sim = torch.matmul(torch.from_numpy(x), torch.from_numpy(q).T)
+    return torch.argsort(-sim, dim=0, stable=stable).numpy()
+
+
+# --- query expansion and database augmentation -------------------------------------------------------------------
+
+
+def _top_k_mask(sim: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the ``k`` largest entries of each row of ``sim``, ties broken by the lower column index."""
+    if k == 0:
+        return np.zeros(sim.shape, dtype=bool)
+    kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]  # the k-th largest value of each row
+    above, tied = sim > kth, sim == kth
+    room = k - above.sum(axis=1, keepdims=True)
+    return above | (tied & (np.cumsum(tied, axis=1) <= room))
+
+
+def alpha_qe(Q: np.ndarray, X: np.ndarray, k: int, alpha: float, *, ranks: np.ndarray | None = None) -> Reranked:
+    """α-weighted query expansion (Radenović et al., TPAMI 2018; dirtorch ``expand_descriptors``), then a new search.
+
+    ``q̃ = l2n(q + Σ_{j ≤ k} max(q·x_j, 0)^α x_j)`` over the query's top-``k`` database items in ``ranks`` (the
+    query itself keeps weight 1; ``alpha=0`` is average QE; ``k=0`` only re-normalises the query). dirtorch raises
+    ``q·x_j`` to the power without the clamp; the two agree whenever the top-k similarities are non-negative.
+
+    Returns:
+        :class:`Reranked` with the full ``(N, n_q)`` ranking of ``X`` by ``X @ q̃`` (ties by lower id), ``scores``
+        ``(n_q, N)`` and ``details["queries"]`` = the expanded queries ``(n_q, D)``.
+    """
+    q, x = _pair(Q, X)
+    k = _int_at_least("k", k, minimum=0)
+    alpha = _real("alpha", alpha, low=0.0)
+    r = _ranks(ranks, q, x)
+    if k > r.shape[0]:
+        raise ValueError(f"k={k} exceeds the length of the initial ranking ({r.shape[0]})")
+    top = r[:k].T  # (n_q, k)
+    neighbours = x[top]  # (n_q, k, D)
+    weights = np.maximum(np.einsum("nd,nkd->nk", q, neighbours), 0.0) ** alpha  # 0^0 = 1: alpha=0 averages
+    expanded = _l2n(q + np.einsum("nk,nkd->nd", weights, neighbours)).astype(np.float32)
+    scores = expanded @ x.T
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return Reranked(order.T.copy(), _by_rank(scores, order), {"queries": expanded})
+
+
+def average_qe(Q: np.ndarray, X: np.ndarray, k: int, *, ranks: np.ndarray | None = None) -> Reranked:
+    """Average query expansion (Chum et al., ICCV 2007): :func:`alpha_qe` with ``alpha=0``."""
+    return alpha_qe(Q, X, k, 0.0, ranks=ranks)
+
+
+def alpha_dba(X: np.ndarray, k: int, alpha: float) -> np.ndarray:
+    """α-weighted database-side augmentation (dirtorch ``expand_descriptors`` with ``db=None``).
+
+    Each row becomes ``l2n(x_i + Σ_{j ≤ k} max(x_i·x_j, 0)^α x_j)`` over its top-``k`` *other* database items (the
+    item itself keeps weight 1; ties by lower id). Costs ``O(N² D)``; rows are processed in chunks.
+
+    Returns:
+        the augmented database ``(N, D)`` float32, rows unit norm.
+    """
+    x = _descriptors("X", X)
+    n = x.shape[0]
+    k = _int_at_least("k", k, minimum=0)
+    alpha = _real("alpha", alpha, low=0.0)
+    if k > n - 1:
+        raise ValueError(f"k={k} exceeds the number of other database items ({n - 1})")
+    out = np.empty_like(x)
+    step = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n, step):
+        rows = np.arange(start, min(start + step, n))
+        sim = x[rows] @ x.T
+        sim[np.arange(rows.size), rows] = -np.inf  # never one's own neighbour
+        weights = np.where(_top_k_mask(sim, k), np.maximum(sim, 0.0) ** alpha, 0.0).astype(np.float32)
+        out[rows] = _l2n(x[rows] + weights @ x)
+    return out
+
+
+# --- k-reciprocal re-ranking ------------------------------------------------------------------------------------
+
+
+def _reciprocal(order: np.ndarray, k: int) -> np.ndarray:
+    """Boolean ``R[i, j]``: j is among the k+1 nearest of i and i among the k+1 nearest of j (``order`` rows).
+
+    ``R[i, i]`` is always set: the authors' code drops i only when more than k exact duplicates precede it.
+    """
+    forward = np.zeros(order.shape, dtype=bool)
+    np.put_along_axis(forward, order[:, : k + 1], True, axis=1)
+    np.fill_diagonal(forward, True)
+    return forward & forward.T
+
+
+def k_reciprocal_distance(
+    dist: np.ndarray, *, k1: int = 20, k2: int = 6, lam: float = 0.3, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Jaccard and final distances of k-reciprocal re-ranking (Zhong et al., CVPR 2017, Eqs. 4-13) on one node set.
+
+    Follows the authors' ``re_ranking.py``: ``dist (n, n)`` squared Euclidean distances are scaled by each row's
+    maximum; R(i, k1) are the k1-reciprocal neighbours (self included), expanded by a candidate's R(c, round(k1/2))
+    when more than 2/3 of it lies in R(i, k1); ``V_i ∝ exp(-d_ij)`` on that set; with ``k2 > 1`` each ``V_i`` is
+    replaced by the mean over its k2 nearest nodes; ``d_J(i, j) = 1 - Σ min(V_i, V_j) / Σ max(V_i, V_j)``; the final
+    distance is ``(1 - lam) d_J + lam d``. Neighbour order ties break by lower node index.
+
+    Args:
+        dist: ``(n, n)`` symmetric non-negative distances of the whole node set (probes and gallery together).
+        rows: the nodes whose distances are returned (default all).
+
+    Returns:
+        ``(jaccard, final)``, both ``(len(rows), n)`` float64.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1] or d.shape[0] == 0:
+        raise ValueError(f"dist must be a square (n, n) matrix, got shape {d.shape}")
+    if not np.isfinite(d).all() or d.min() < 0:
+        raise ValueError("dist must be finite and non-negative")
+    k1, k2 = _int_at_least("k1", k1), _int_at_least("k2", k2)
+    lam = _real("lam", lam, 0.0, 1.0)
+    n = d.shape[0]
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).ravel()
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"rows must index nodes in [0, {n})")
+
+    d = d / np.maximum(d.max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    order = np.argsort(d, axis=1, kind="stable")
+    recip = _reciprocal(order, k1)
+    half = _reciprocal(order, int(np.around(k1 / 2.0)))
+    # candidate c of R(i) adds R(c, k1/2) when |R(c, k1/2) ∩ R(i)| > 2/3 |R(c, k1/2)|
+    overlap = recip.astype(np.float64) @ half.T.astype(np.float64)
+    accept = recip & (overlap > 2.0 / 3.0 * half.sum(axis=1)[None, :])
+    expanded = recip | (accept.astype(np.float64) @ half.astype(np.float64) > 0)
+    v = np.where(expanded, np.exp(-d), 0.0)
+    v /= v.sum(axis=1, keepdims=True)
+    if k2 > 1:
+        v = v[order[:, :k2]].mean(axis=1)
+    jaccard = np.empty((rows.size, n))
+    for i, r in enumerate(rows):
+        jaccard[i] = 1.0 - np.minimum(v[r], v).sum(axis=1) / np.maximum(v[r], v).sum(axis=1)
+    return jaccard, (1.0 - lam) * jaccard + lam * d[rows]
+
+
+def k_reciprocal_rerank(
+    Q: np.ndarray,
+    X: np.ndarray,
+    *,
+    M: int = 400,
+    k1: int = 20,
+    k2: int = 6,
+    lam: float = 0.3,
+    ranks: np.ndarray | None = None,
+) -> Reranked:
+    """k-reciprocal re-ranking (Zhong et al., CVPR 2017) of each query's top-``M`` shortlist.
+
+    Limitation: Zhong et al. encode all probes and the whole gallery at once (``O((n_q + N)²)`` memory). Here each
+    query is encoded on the node set ``{q} ∪ shortlist`` only (``M' + 1`` nodes, no other query), so the cost is
+    ``O(n_q M'² (M' + D))`` time and ``O(M'² k2)`` memory, and an item outside the shortlist is never a neighbour.
+    Distances are squared Euclidean, ``|a|² + |b|² - 2 a·b`` in float64 (``2 - 2 cos`` for unit vectors).
+
+    Returns:
+        :class:`Reranked`: the shortlist sorted by the final distance (ties keep the initial order), ``scores`` =
+        ``-final distance`` ``(n_q, M')``, ``details["jaccard"]`` ``(n_q, M')`` by shortlist position.
+    """
+    q, x = _pair(Q, X)
+    M = _int_at_least("M", M)
+    r = _ranks(ranks, q, x)
+    m = min(M, r.shape[0])
+    final = np.empty((q.shape[0], m))
+    jaccard = np.empty((q.shape[0], m))
+    for i in range(q.shape[0]):
+        nodes = np.concatenate([q[i : i + 1], x[r[:m, i]]]).astype(np.float64)
+        gram = nodes @ nodes.T
+        sq = np.diag(gram)
+        dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
+        jac, fin = k_reciprocal_distance(dist, k1=k1, k2=k2, lam=lam, rows=np.array([0]))
+        jaccard[i], final[i] = jac[0, 1:], fin[0, 1:]
+    order = np.argsort(final, axis=1, kind="stable")
+    return Reranked(_rerank_head(r, order), _by_rank(-final, order), {"jaccard": jaccard})
+
+
+# --- diffusion --------------------------------------------------------------------------------------------------
+
+
+def diffusion_graph(G: np.ndarray, k: int, gamma: float = 3.0) -> sp.csr_array:
+    """Symmetrically normalised mutual kNN affinity ``W = D^-1/2 A D^-1/2`` (Iscen et al., CVPR 2017, Sec. 3).
+
+    ``a_ij = max(g_i·g_j, 0)^γ`` when i and j are among each other's ``k`` nearest (by inner product, self excluded,
+    ties by lower index), else 0; nodes without a mutual neighbour keep a zero row and column.
+
+    Returns:
+        ``(n, n)`` sparse float64 ``W``.
+    """
+    g = _descriptors("G", G).astype(np.float64)
+    n = g.shape[0]
+    k = _int_at_least("k", k)
+    gamma = _real("gamma", gamma, low=0.0)
+    sim = g @ g.T
+    ranked = sim.copy()
+    np.fill_diagonal(ranked, -np.inf)
+    near = _top_k_mask(ranked, min(k, n - 1))
+    i, j = np.nonzero(near & near.T)
+    a = np.maximum(sim[i, j], 0.0) ** gamma
+    deg = np.bincount(i, weights=a, minlength=n)
+    inv = 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0))  # isolated nodes have no entries to scale
+    return sp.csr_array((a * inv[i] * inv[j], (i, j)), shape=(n, n))
+
+
+def diffusion_rerank(
+    Q: np.ndarray,
+    X: np.ndarray,
+    *,
+    M: int = 1000,
+    k: int = 50,
+    kq: int = 10,
+    gamma: float = 3.0,
+    alpha: float = 0.99,
+    tol: float = 1e-6,
+    ranks: np.ndarray | None = None,
+) -> Reranked:
+    """Diffusion re-ranking (Iscen et al., CVPR 2017) on a mutual kNN graph of each query's top-``M`` shortlist.
+
+    Variant: the offline graph is replaced by :func:`diffusion_graph` of the shortlist (``k`` neighbours, ``γ``), as
+    in truncated diffusion. The query vector ``y`` holds ``max(q·x_j, 0)^γ`` at the first ``kq`` shortlist positions
+    and 0 elsewhere; ``(I - αW) f = y`` is solved by conjugate gradient to relative residual ``tol``. The
+    shortlist is sorted by ``f`` (ties, e.g. nodes unreachable from the seeds with ``f = 0``, keep the initial
+    order).
+
+    Returns:
+        :class:`Reranked`: ``scores`` = ``f`` in rank order ``(n_q, M')``; ``details["seeds"]`` (``y``) and
+        ``details["solution"]`` (``f``), both ``(n_q, M')`` by shortlist position.
+    """
+    q, x = _pair(Q, X)
+    M, kq = _int_at_least("M", M), _int_at_least("kq", kq)
+    alpha = _real("alpha", alpha, 0.0, 1.0, open_high=True)
+    tol = _real("tol", tol, low=0.0)
+    if tol == 0.0:
+        raise ValueError("tol must be positive")
+    r = _ranks(ranks, q, x)
+    m = min(M, r.shape[0])
+    seeds = np.zeros((q.shape[0], m))
+    solution = np.empty((q.shape[0], m))
+    for i in range(q.shape[0]):
+        g = x[r[:m, i]]
+        w = diffusion_graph(g, k, gamma)
+        top = min(kq, m)
+        seeds[i, :top] = np.maximum(g[:top].astype(np.float64) @ q[i].astype(np.float64), 0.0) ** gamma
+        system = sp.identity(m, format="csr") - alpha * w
+        solution[i], info = cg(system, seeds[i], rtol=tol, atol=0.0)
+        if info != 0:
+            warnings.warn(
+                f"conjugate gradient did not converge for query {i} (info={info})", RuntimeWarning, stacklevel=2
+            )
+    order = np.argsort(-solution, axis=1, kind="stable")
+    return Reranked(_rerank_head(r, order), _by_rank(solution, order), {"seeds": seeds, "solution": solution})
+
+
+# --- SuperGlobal ------------------------------------------------------------------------------------------------
+
+
+def _superglobal_batch(
+    q: torch.Tensor, g: torch.Tensor, k1: int, beta: float, stable: bool, details: bool
+) -> dict[str, torch.Tensor]:
+    """MDescAug + RerankwMDA for queries ``q (a, D)`` and shortlists ``g (a, M', D)``, in the official op order."""
+    sim = torch.einsum("abc,adc->abd", g, g)  # (a, M', M')
+    neighbours = torch.argsort(-sim, dim=-1, stable=stable)[:, :, :k1]
+    weights = torch.take_along_dim(sim, neighbours, dim=-1).unsqueeze(-1)  # = the values of sort(-sim), negated
+    weights[:, :, 1:] *= beta
+    weights[:, :, :1] = 1.0  # slot 0 (whichever item comes first, usually oneself) gets weight 1
+    batch = torch.arange(g.shape[0])[:, None, None]
+    refined = torch.sum(g[batch, neighbours] * weights, 2) / torch.sum(weights, 2)  # (a, M', D), not re-normalised
+    s1 = torch.einsum("ac,adc->ad", q, refined)
+    s1_order = torch.argsort(-s1, dim=-1, stable=stable)
+    s1_sorted = torch.take_along_dim(s1, s1_order, dim=-1)
+    refined_query = torch.max(torch.take_along_dim(refined, s1_order[:, :k1, None], dim=1), 1, True)[0]
+    in_s1_order = torch.take_along_dim(refined, s1_order[:, :, None], dim=1)
+    final_scores = (s1_sorted + torch.sum(torch.einsum("abc,adc->abd", refined_query, in_s1_order), 1)) / 2.0
+    out = {
+        "s1": s1,
+        "s1_order": s1_order,
+        "refined_query": refined_query[:, 0],
+        "final_scores": final_scores,
+        "final_order": torch.argsort(-final_scores, dim=-1, stable=stable),
+    }
+    if details:
+        out |= {"neighbours": neighbours, "neighbour_weights": weights[..., 0], "refined_db": refined}
+    return out
+
+
+def superglobal_rerank(
+    Q: np.ndarray,
+    X: np.ndarray,
+    *,
+    M: int = 400,
+    K: int = 9,
+    beta: float = 0.15,
+    ranks: np.ndarray | None = None,
+    stable: bool = True,
+    return_details: bool = False,
+) -> Reranked:
+    """SuperGlobal reranking, MDescAug + RerankwMDA (Shao et al., ICCV 2023; official ``modules/reranking/``).
+
+    Per query, with shortlist ``T = ranks[:M']`` (``M' = min(M, len(ranks))``) and ``G = X[T]``:
+
+    1. ``S = G Gᵀ``; each position j takes the K+1 positions with the largest ``S_j`` "including oneself" (slot 0
+       is whichever comes first, not forced to be j); weights ``1`` in slot 0 and ``β·S`` in slots 1..K (no clamp).
+    2. ``d̃_j = Σ w G[nb] / Σ w`` (not re-normalised); ``s1_j = q·d̃_j``; ``o1 = argsort(-s1)``.
+    3. ``q̃`` = element-wise max of the K+1 best ``d̃`` by s1 (the query itself is not included).
+    4. ``f = (s1 + q̃·d̃) / 2``, indexed in s1 order; the new top ``M'`` is ``T[o1[argsort(-f)]]``; the tail is kept.
+
+    Everything runs in float32 torch with the official op sequence; on the oracle cases (torch 2.14.1, CPU) every
+    output equals the official one bit for bit. ``stable=True`` (default) makes every sort stable: ties go to the
+    lower database id, shortlist position or s1 rank, which the official code does not promise. ``stable=False``
+    calls ``torch.argsort`` without ``stable`` as the official code does; its tie order is implementation-defined
+    (torch version, device, row length, the fp32 bits of the batch), so it reproduces the official ties only under
+    identical conditions (it does on the oracle's tie cases with this torch build).
+    Queries are processed in chunks, so memory is ``O(chunk · M' · (M' + K·D))`` instead of the official
+    ``n_q · M' · (K+1) · D`` gather.
+
+    Returns:
+        :class:`Reranked` with ``scores`` = final scores in rank order ``(n_q, M')`` and ``details``:
+        ``initial_ranks (L, n_q)``; ``s1 (n_q, M')`` by shortlist position; ``s1_order (n_q, M')`` (positions);
+        ``refined_query (n_q, D)``; ``final_scores (n_q, M')`` in s1 order; ``final_order (n_q, M')`` (indices into
+        s1 order). With ``return_details``, also ``neighbours`` and ``neighbour_weights`` ``(n_q, M', K+1)`` and
+        ``refined_db (n_q, M', D)``, by shortlist position (K+1 capped at M').
+    """
+    q, x = _pair(Q, X)
+    M = _int_at_least("M", M)
+    K = _int_at_least("K", K, minimum=0)
+    beta = _real("beta", beta, low=0.0)
+    r = _ranks(ranks, q, x, stable=stable)
+    m = min(M, r.shape[0])
+    k1 = min(K + 1, m)
+    qt, xt = torch.from_numpy(q), torch.from_numpy(x)
+    shortlist = torch.from_numpy(np.ascontiguousarray(r[:m].T))  # (n_q, M') ids
+    step = max(1, _CHUNK_ELEMENTS // (m * (m + k1 * x.shape[1])))
+    parts = [
+        _superglobal_batch(qt[s : s + step], xt[shortlist[s : s + step]], k1, beta, stable, return_details)
+        for s in range(0, q.shape[0], step)
+    ]
+    out = {key: torch.cat([p[key] for p in parts]).numpy() for key in parts[0]}
+    order = np.take_along_axis(out["s1_order"], out["final_order"], axis=1)  # positions, best first
+    scores = np.take_along_axis(out["final_scores"], out["final_order"], axis=1)
+    return Reranked(_rerank_head(r, order), scores, {"initial_ranks": r, **out})
