@@ -106,7 +106,9 @@ def test_preset_sets_the_official_pipeline_and_flags_override_it(tiny_revisited,
 def test_train_command_runs_a_yaml_config_on_gldv2_layout_data(tmp_path, capsys):
     from irlib.data.synthetic import DemoConfig, make_demo_data
 
-    data = make_demo_data(tmp_path / "demo", DemoConfig(n_test_landmarks=1, n_train_landmarks=3), progress=False)
+    data = make_demo_data(
+        tmp_path / "demo", DemoConfig(n_test_landmarks=1, n_train_landmarks=3, n_overlap_landmarks=0), progress=False
+    )
     out = tmp_path / "run"
     (tmp_path / "run.yaml").write_text(
         f"recipe: spca\nmethod: gem\nbackbone: efficientnet_lite0\ndata_dir: {data}\nout_dir: {out}\n"
@@ -131,7 +133,9 @@ def test_torchrun_two_cpu_processes_train_from_the_command_line(tmp_path):
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     assert torchrun, "torchrun is installed with torch"
-    data = make_demo_data(tmp_path / "demo", DemoConfig(n_test_landmarks=1, n_train_landmarks=3), progress=False)
+    data = make_demo_data(
+        tmp_path / "demo", DemoConfig(n_test_landmarks=1, n_train_landmarks=3, n_overlap_landmarks=0), progress=False
+    )
     out = tmp_path / "run"
     (tmp_path / "run.yaml").write_text(
         f"method: gem\nbackbone: efficientnet_lite0\nloss: cosface\ndata_dir: {data}\nout_dir: {out}\n"

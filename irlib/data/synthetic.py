@@ -6,8 +6,12 @@ by scikit-image and matplotlib) photographed from many viewpoints into cluttered
 
 * ``<out>/demo/``: a test set in the revisited Oxford/Paris format (``gnd_demo.pkl`` + ``jpg/``), with
   easy/hard/junk positives measured from each view's rendering parameters;
-* ``<out>/train/``: a training split of *other* landmarks in the Google-Landmarks-v2 layout;
-* ``<out>/demo_info.json``: config, counts and generator version.
+* ``<out>/train/``: a training split in the Google-Landmarks-v2 layout, of *other* landmarks plus a few
+  planted *overlap* classes: new photographs of test landmarks under random landmark ids. They imitate, on
+  purpose, the landmarks GLDv2-clean shares with ROxford/RParis (CiDeR, CVPR 2024), so that
+  :mod:`irlib.data.overlap` can be tested against a known answer;
+* ``<out>/demo_info.json``: config, counts, generator version and the planted overlaps
+  (``overlap_landmarks``: training ``landmark_id`` -> test landmark name).
 
 Everything is drawn from ``numpy.random.default_rng`` streams keyed by ``(seed, purpose, index)``, so the
 same config always produces byte-identical files.
@@ -35,7 +39,7 @@ __all__ = ["DEMO_DATASET", "DemoConfig", "make_demo_data"]
 
 DEMO_DATASET = "demo"
 
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 _MARKER = ".demo_complete"
 _OUTPUTS = (DEMO_DATASET, "train", "demo_info.json")
 
@@ -61,6 +65,7 @@ _KINDS: dict[str, str] = {
 
 # Independent random streams, so that changing one count does not reshuffle everything else.
 _S_TILES, _S_TEST_LM, _S_TRAIN_LM, _S_GENERIC, _S_PLAN, _S_QUERY, _S_DB, _S_CLUTTER, _S_TRAIN, _S_IDS = range(10)
+_S_OVERLAP = 10  # appended: planting overlaps changed no earlier stream
 
 # Roof height of a facade as a fraction of its width, per silhouette style.
 _ROOF_HEIGHT = {"gable": 0.4, "pediment": 0.18, "dome": 0.45, "crenel": 0.16, "gate": 0.2, "steps": 0.3}
@@ -83,10 +88,12 @@ _JUNK_MAX_AREA = 0.02
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """All knobs of the demo dataset; the defaults give 300 test and 192 training images.
+    """All knobs of the demo dataset; the defaults give 300 test and 216 training images.
 
     Each landmark's mural is a distinct region of a bundled photo; there are 41 such regions, so test and
     training landmarks share no photographic content while ``n_test_landmarks + n_train_landmarks <= 41``.
+    The exception is deliberate: the ``n_overlap_landmarks`` planted training classes photograph distinct test
+    landmarks anew (``train_views_per_landmark`` images each, from their own random stream).
     """
 
     seed: int = 0
@@ -96,6 +103,7 @@ class DemoConfig:
     n_distractors: int = 60
     n_train_landmarks: int = 24
     train_views_per_landmark: int = 8
+    n_overlap_landmarks: int = 3
     image_size: tuple[int, int] = (384, 288)
     jpeg_quality: int = 90
 
@@ -108,6 +116,11 @@ class DemoConfig:
             raise ValueError("views_per_landmark must be >= 2 (every query needs an easy and a hard positive)")
         if min(self.n_distractors, self.n_train_landmarks, self.train_views_per_landmark) < 0:
             raise ValueError("counts must be non-negative")
+        if not 0 <= self.n_overlap_landmarks <= self.n_test_landmarks:
+            raise ValueError(
+                f"n_overlap_landmarks must be in [0, n_test_landmarks={self.n_test_landmarks}] (each planted "
+                f"overlap class photographs a different test landmark), got {self.n_overlap_landmarks}"
+            )
         if len(self.image_size) != 2 or min(self.image_size) < 64:
             raise ValueError("image_size must be (w, h) with both sides >= 64")
         if not 1 <= self.jpeg_quality <= 100:
@@ -939,9 +952,13 @@ def _generate(root: Path, config: DemoConfig, fingerprint: str, progress: bool) 
     tile_order = _rng(config.seed, _S_TILES).permutation(len(assets.tiles))
     test = _test_landmarks(config, assets, tile_order)
     train = _train_landmarks(config, assets, tile_order)
+    overlaps = _overlap_choice(config)
+    classes = [(lm, _S_TRAIN, j) for j, lm in enumerate(train)] + [
+        (test[i], _S_OVERLAP, k) for k, i in enumerate(overlaps)
+    ]
     generics = _generic_buildings(config.seed, assets)
     n_q, n_v = config.queries_per_landmark, config.views_per_landmark
-    total = len(test) * (n_q + n_v) + config.n_distractors + len(train) * config.train_views_per_landmark
+    total = len(test) * (n_q + n_v) + config.n_distractors + len(classes) * config.train_views_per_landmark
     bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress)
 
     jpg = root / DEMO_DATASET / "jpg"
@@ -982,7 +999,7 @@ def _generate(root: Path, config: DemoConfig, fingerprint: str, progress: bool) 
     with open(root / DEMO_DATASET / f"gnd_{DEMO_DATASET}.pkl", "wb") as f:
         pickle.dump({"imlist": [n for n, _, _ in db], "qimlist": [n for n, _, _ in queries], "gnd": gnd}, f, protocol=4)
 
-    train_ids = _write_train(root / "train", config, train, generics, assets, bar)
+    train_ids = _write_train(root / "train", config, classes, generics, assets, bar)
     bar.close()
     label_counts = {key: sum(lab == key for _, _, lab in db) for key in ("easy", "hard", "junk")}
     info = {
@@ -995,34 +1012,53 @@ def _generate(root: Path, config: DemoConfig, fingerprint: str, progress: bool) 
             "database_images": len(db),
             "distractors": config.n_distractors,
             "database_views_by_label": label_counts,
-            "train_landmarks": len(train),
-            "train_images": len(train) * config.train_views_per_landmark,
+            "train_landmarks": len(classes),
+            "train_images": len(classes) * config.train_views_per_landmark,
+            "overlap_landmarks": len(overlaps),
         },
         "test_landmarks": [lm.name for lm in test],
         "hard_negative_pairs": [[test[i - 1].name, test[i].name] for i in range(len(test)) if i % 4 == 1],
-        "train_landmark_ids": train_ids,
+        "train_landmark_ids": sorted(train_ids),
+        "overlap_landmarks": {str(lid): test[i].name for lid, i in zip(train_ids[len(train) :], overlaps, strict=True)},
     }
     (root / "demo_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     (root / _MARKER).write_text(fingerprint)
 
 
+def _overlap_choice(config: DemoConfig) -> list[int]:
+    """Indices of the distinct test landmarks that the planted overlap classes photograph."""
+    rng = _rng(config.seed, _S_OVERLAP)
+    return [int(i) for i in rng.choice(config.n_test_landmarks, config.n_overlap_landmarks, replace=False)]
+
+
 def _write_train(
-    root: Path, config: DemoConfig, landmarks: list[_Landmark], generics: list[_Landmark], assets: _Assets, bar: tqdm
+    root: Path,
+    config: DemoConfig,
+    classes: list[tuple[_Landmark, int, int]],
+    generics: list[_Landmark],
+    assets: _Assets,
+    bar: tqdm,
 ) -> list[int]:
-    """Write the GLDv2-style training split; return its landmark ids."""
+    """Write the GLDv2-style training split; return the landmark id of each class, in ``classes`` order.
+
+    A class is ``(landmark, stream, index)``: its view ``v`` is drawn from the stream ``(seed, stream, index, v)``.
+    Landmark ids are random and rows are written in id order, so neither ids nor file order tell the classes'
+    origin.
+    """
     root.mkdir(parents=True)
     id_rng = _rng(config.seed, _S_IDS)
-    landmark_ids = sorted(int(i) for i in id_rng.choice(200_000, size=len(landmarks), replace=False))
+    landmark_ids = [int(i) for i in id_rng.choice(200_000, size=len(classes), replace=False)]
     seen: set[str] = set()
     rows = []
-    for j, (lm, lid) in enumerate(zip(landmarks, landmark_ids, strict=True)):
+    for j in np.argsort(landmark_ids):
+        lm, stream, index = classes[j]
         ids = []
         for v in range(config.train_views_per_landmark):
             image_id = id_rng.bytes(8).hex()
             while image_id in seen:
                 image_id = id_rng.bytes(8).hex()
             seen.add(image_id)
-            rng = _rng(config.seed, _S_TRAIN, j, v)
+            rng = _rng(config.seed, stream, index, v)
             target = "easy" if v % 2 == 0 else "hard"
             shot = _landmark_shot(rng, lm, target, _frame(rng, config), generics, assets)
             path = root / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
@@ -1030,7 +1066,7 @@ def _write_train(
             _save(shot.image, path, config)
             ids.append(image_id)
             bar.update()
-        rows.append((lid, ids))
+        rows.append((landmark_ids[j], ids))
     with open(root / "train_clean.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["landmark_id", "images"])

@@ -193,6 +193,7 @@ def test_demo_training_split_loads(tmp_path: Path) -> None:
         n_distractors=0,
         n_train_landmarks=3,
         train_views_per_landmark=2,
+        n_overlap_landmarks=0,
         image_size=(96, 72),
     )
     out = make_demo_data(tmp_path / "demo", config, progress=False)

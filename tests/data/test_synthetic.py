@@ -114,7 +114,7 @@ def test_training_split_has_the_gldv2_layout(root: Path, gnd: dict) -> None:
     with open(train / "train.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "url", "landmark_id"]
-    assert len(clean) == SMALL.n_train_landmarks
+    assert len(clean) == SMALL.n_train_landmarks + SMALL.n_overlap_landmarks
     assert all(len(ids) == SMALL.train_views_per_landmark for ids in clean.values())
     assert {r["id"]: int(r["landmark_id"]) for r in rows} == {i: lid for lid, ids in clean.items() for i in ids}
     ids = [r["id"] for r in rows]
@@ -147,13 +147,61 @@ def test_training_landmarks_do_not_reuse_test_murals(monkeypatch: pytest.MonkeyP
     assert not test_murals & set(murals)
 
 
+def test_planted_overlaps_photograph_the_named_test_landmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = replace(SMALL, n_test_landmarks=4, n_train_landmarks=5, n_overlap_landmarks=2, n_distractors=0)
+    drawn: list[str] = []
+    rendered: dict[str, str] = {}  # saved file -> landmark photographed
+    shot, save = synthetic._landmark_shot, synthetic._save
+
+    def spy_shot(rng: np.random.Generator, lm: synthetic._Landmark, *args: object) -> synthetic._Shot:
+        drawn.append(lm.name)
+        return shot(rng, lm, *args)
+
+    def spy_save(img: Image.Image, path: Path, config: DemoConfig) -> None:
+        rendered[path.stem] = drawn[-1]
+        save(img, path, config)
+
+    monkeypatch.setattr(synthetic, "_landmark_shot", spy_shot)
+    monkeypatch.setattr(synthetic, "_save", spy_save)
+    root = make_demo_data(tmp_path, config, progress=False)
+    info = json.loads((root / "demo_info.json").read_text())
+    with open(root / "train" / "train_clean.csv", newline="") as f:
+        rows = [(int(lid), images.split(" ")) for lid, images in list(csv.reader(f))[1:]]
+    planted = {int(lid): name for lid, name in info["overlap_landmarks"].items()}
+    assert len(planted) == len(set(planted.values())) == 2  # two distinct test landmarks
+    assert set(planted.values()) <= set(info["test_landmarks"])
+    for lid, images in rows:
+        (name,) = {rendered[i] for i in images}  # all images of a class show one landmark
+        assert (name == planted[lid]) if lid in planted else name.startswith("train_")
+    # The planted classes hide among the others: rows are in id order, and their ids are not at either end.
+    order = [lid for lid, _ in rows]
+    assert order == sorted(order)
+    positions = sorted(order.index(lid) for lid in planted)
+    assert positions not in ([0, 1], [len(order) - 2, len(order) - 1])
+
+
+def test_planting_overlaps_only_adds_training_images(root: Path, tmp_path: Path) -> None:
+    plain = make_demo_data(tmp_path, replace(SMALL, n_overlap_landmarks=0), progress=False)
+    files, plain_files = _files(root), _files(plain)
+    test_files = {k: v for k, v in files.items() if k.startswith(f"{DEMO_DATASET}/")}
+    assert test_files == {k: v for k, v in plain_files.items() if k.startswith(f"{DEMO_DATASET}/")}
+    train = {v for k, v in files.items() if k.startswith("train") and k.endswith(".jpg")}
+    plain_train = {v for k, v in plain_files.items() if k.startswith("train") and k.endswith(".jpg")}
+    assert plain_train < train
+    assert len(train - plain_train) == SMALL.n_overlap_landmarks * SMALL.train_views_per_landmark
+    assert json.loads((plain / "demo_info.json").read_text())["overlap_landmarks"] == {}
+
+
 def test_info_json_describes_the_build(root: Path) -> None:
     info = json.loads((root / "demo_info.json").read_text())
     assert info["generator_version"] >= 1
     assert info["config"]["seed"] == SMALL.seed and info["config"]["image_size"] == list(SMALL.image_size)
     counts = info["counts"]
     assert counts["queries"] == SMALL.n_test_landmarks * SMALL.queries_per_landmark
-    assert counts["train_images"] == SMALL.n_train_landmarks * SMALL.train_views_per_landmark
+    n_classes = SMALL.n_train_landmarks + SMALL.n_overlap_landmarks
+    assert counts["train_landmarks"] == len(info["train_landmark_ids"]) == n_classes
+    assert counts["train_images"] == n_classes * SMALL.train_views_per_landmark
+    assert counts["overlap_landmarks"] == len(info["overlap_landmarks"]) == SMALL.n_overlap_landmarks
     assert len(info["test_landmarks"]) == SMALL.n_test_landmarks
     assert not [p for p in root.iterdir() if p.name.startswith(".demo-build-")]
 
@@ -216,6 +264,8 @@ def test_failed_regeneration_keeps_the_previous_dataset(tmp_path: Path, monkeypa
         {"n_test_landmarks": 0},
         {"views_per_landmark": 1},
         {"n_distractors": -1},
+        {"n_overlap_landmarks": -1},
+        {"n_test_landmarks": 2, "n_overlap_landmarks": 3},
         {"image_size": (32, 32)},
         {"jpeg_quality": 0},
     ],
