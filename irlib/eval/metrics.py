@@ -97,7 +97,7 @@ def uned_metrics(
         if nn.size and (nn.min() < 0 or nn.max() >= n_db):
             raise ValueError(f"ranks must be index ids in [0, {n_db})")
     else:
-        nn = _top_k(_score_matrix(scores_or_ranks, n_q, n_db), depth)
+        nn = top_k_ids(_score_matrix(scores_or_ranks, n_q, n_db), depth)
     counts = Counter(zip(il.tolist(), idom.tolist(), strict=True))
     n_same = np.array([counts[key] for key in zip(ql.tolist(), qd.tolist(), strict=True)], dtype=np.int64)
     n_relevant = n_same - t
@@ -133,7 +133,7 @@ def ilias_map_at_k(
         raise ValueError(f"scores must be 2-D (n_q, n_db), got shape {s.shape}")
     s = _score_matrix(s, n_q, s.shape[1])
     n_db = s.shape[1]
-    nn = _top_k(s, min(k, n_db))
+    nn = top_k_ids(s, min(k, n_db))
     aps = np.zeros(n_q)
     for q in range(n_q):
         gt = np.unique(np.asarray(list(positives[q]), dtype=np.int64))
@@ -164,7 +164,7 @@ def _score_matrix(scores: ArrayLike, n_q: int, n_db: int) -> np.ndarray:
     return s
 
 
-def _top_k(scores: np.ndarray, m: int) -> np.ndarray:
+def top_k_ids(scores: np.ndarray, m: int) -> np.ndarray:
     """``(n_q, m)`` column ids of each row's ``m`` largest scores, descending, ties broken by the lower id."""
     n = scores.shape[1]
     if m >= n:

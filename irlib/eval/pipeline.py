@@ -18,6 +18,7 @@ from torch import nn
 import irlib
 from irlib.data.revisited import RevisitedDataset
 from irlib.eval.extract import ExtractConfig, extract_revisited
+from irlib.eval.rerank import alpha_dba, rerank_scores, reranker_params
 from irlib.eval.revisited import PROTOCOLS, evaluate
 from irlib.eval.search import similarity
 from irlib.io import atomic_path, sha256_file, write_json
@@ -32,7 +33,7 @@ class EvalResult:
         per_query: AP in percent per query (rows, by query name) and protocol (columns); NaN = no positive.
         queries: query descriptors ``(n_queries, D)``.
         database: database descriptors ``(n_db, D)``.
-        scores: ``(n_queries, n_db)`` similarities used for ranking.
+        scores: ``(n_queries, n_db)`` scores used for ranking (after reranking, when one was chosen).
     """
 
     metrics: dict[str, Any]
@@ -50,14 +51,19 @@ def evaluate_model(
     kappas: Sequence[int] = (1, 5, 10),
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    rerank: str | None = None,
+    rerank_params: Mapping[str, Any] | None = None,
+    dba: Mapping[str, Any] | None = None,
 ) -> EvalResult:
-    """Extract descriptors with ``model``, rank the database by inner product and compute E/M/H metrics."""
+    """Extract descriptors with ``model``, rank the database by inner product and compute E/M/H metrics.
+
+    ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS` with ``rerank_params`` (defaults filled in and
+    recorded); its shortlist comes from the descriptors only. ``dba``: ``{"k": ..., "alpha": ...}`` replaces the
+    database descriptors by their αDBA augmentation before search (``O(N² D)``).
+    """
     t0 = time.perf_counter()
     q, x = extract_revisited(model, dataset, cfg, cache_dir=cache_dir, progress=progress)
-    t1 = time.perf_counter()
-    scores = similarity(q, x)
-    res = evaluate(dataset.gnd, scores=scores, kappas=kappas)
-    t2 = time.perf_counter()
+    seconds = {"extract": round(time.perf_counter() - t0, 3)}
     model_config = dict(getattr(model, "config", {}))
     metrics: dict[str, Any] = {
         "dataset": dataset.label,
@@ -75,16 +81,62 @@ def evaluate_model(
             "weights_sha256": sha256_file(model_config["weights"]) if model_config.get("weights") else None,
             "device": str(cfg.resolved_device()),
             "versions": {"irlib": irlib.__version__, "torch": torch.__version__, "python": platform.python_version()},
-            "seconds": {"extract": round(t1 - t0, 3), "search_and_metrics": round(t2 - t1, 3)},
+            "seconds": seconds,
         },
     }
-    for p in PROTOCOLS:
-        metrics[p] = {
+    return _score(EvalResult(metrics, pd.DataFrame(), q, x, np.empty((0, 0))), dataset, rerank, rerank_params, dba)
+
+
+def rescore(
+    result: EvalResult,
+    dataset: RevisitedDataset,
+    *,
+    rerank: str | None = None,
+    rerank_params: Mapping[str, Any] | None = None,
+    dba: Mapping[str, Any] | None = None,
+) -> EvalResult:
+    """The descriptors of ``result`` evaluated again with another reranking (or none): no extraction, and the same
+    recorded settings apart from ``rerank``, ``dba`` and the timing."""
+    return _score(result, dataset, rerank, rerank_params, dba)
+
+
+def _score(
+    result: EvalResult,
+    dataset: RevisitedDataset,
+    rerank: str | None,
+    rerank_params: Mapping[str, Any] | None,
+    dba: Mapping[str, Any] | None,
+) -> EvalResult:
+    """Search (after αDBA), rerank and evaluate ``result``'s descriptors; a new result with updated metrics."""
+    t0 = time.perf_counter()
+    q, x = result.queries, result.database
+    searched = alpha_dba(x, **dba) if dba else x
+    scores = similarity(q, searched)
+    if rerank:
+        rerank_params = reranker_params(rerank, rerank_params)
+        scores = rerank_scores(rerank, scores, q, searched, rerank_params)
+    kappas = result.metrics["settings"]["kappas"]
+    res = evaluate(dataset.gnd, scores=scores, kappas=kappas)
+    settings = result.metrics["settings"] | {
+        "rerank": {"method": rerank, "params": dict(rerank_params or {})} if rerank else None,
+        "dba": dict(dba) if dba else None,
+    }
+    settings["seconds"] = settings["seconds"] | {"search_rerank_and_metrics": round(time.perf_counter() - t0, 3)}
+    metrics = result.metrics | {"settings": settings} | protocol_metrics(res, kappas)
+    per_query = pd.DataFrame({p: res[p]["aps"] * 100 for p in PROTOCOLS}, index=pd.Index(dataset.qimlist, name="query"))
+    return EvalResult(metrics, per_query, q, x, scores)
+
+
+def protocol_metrics(res: Mapping[str, Mapping[str, Any]], kappas: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """``{protocol: {"map", "mp@k"}}`` in percent from :func:`irlib.eval.revisited.evaluate`'s result."""
+    return {
+        p: {
             "map": _percent(res[p]["map"]),
             "mp@k": {str(k): _percent(v) for k, v in zip(kappas, res[p]["mp@k"], strict=True)},
         }
-    per_query = pd.DataFrame({p: res[p]["aps"] * 100 for p in PROTOCOLS}, index=pd.Index(dataset.qimlist, name="query"))
-    return EvalResult(metrics, per_query, q, x, scores)
+        for p in PROTOCOLS
+        if p in res
+    }
 
 
 def _percent(v: float) -> float | None:

@@ -18,13 +18,18 @@ Ties are broken by the lower index (database id, shortlist position) unless said
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import cg
+
+from irlib.eval.metrics import top_k_ids
 
 # largest float32 temporaries (elements) built at once by the chunked loops below
 _CHUNK_ELEMENTS = 1 << 24
@@ -462,3 +467,78 @@ def superglobal_rerank(
     order = np.take_along_axis(out["s1_order"], out["final_order"], axis=1)  # positions, best first
     scores = np.take_along_axis(out["final_scores"], out["final_order"], axis=1)
     return Reranked(_rerank_head(r, order), scores, {"initial_ranks": r, **out})
+
+
+# --- one entry point for the evaluation pipeline -----------------------------------------------------------------
+
+SHORTLIST_RERANKERS = {
+    "superglobal": superglobal_rerank,
+    "k_reciprocal": k_reciprocal_rerank,
+    "diffusion": diffusion_rerank,
+}
+QUERY_EXPANSIONS = {"alpha_qe": alpha_qe, "average_qe": average_qe}
+RERANKERS: tuple[str, ...] = tuple(sorted(SHORTLIST_RERANKERS | QUERY_EXPANSIONS))
+"""Names accepted by :func:`rerank_scores` (``--rerank`` of ``python -m irlib eval``)."""
+
+
+def reranker_params(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``params`` completed with the method's defaults (what a run records); unknown names raise ValueError."""
+    fns = SHORTLIST_RERANKERS | QUERY_EXPANSIONS
+    if method not in fns:
+        raise ValueError(f"unknown reranker {method!r}; choose one of {', '.join(RERANKERS)}")
+    signature = inspect.signature(fns[method])
+    accepted = {
+        n: p.default for n, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY or n in ("k", "alpha")
+    }
+    accepted.pop("ranks", None)
+    accepted.pop("return_details", None)
+    unknown = sorted(set(params or {}) - set(accepted))
+    if unknown:
+        raise ValueError(f"{method} takes {', '.join(sorted(accepted))}; unknown parameter(s) {', '.join(unknown)}")
+    merged = accepted | dict(params or {})
+    missing = [n for n, v in merged.items() if v is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"{method} needs parameter(s) {', '.join(missing)}")
+    return merged
+
+
+def rerank_scores(
+    method: str, scores: np.ndarray, Q: np.ndarray, X: np.ndarray, params: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """Rerank a full score matrix and return scores ``(n_q, N)`` whose order (descending, ties by lower id) is the
+    reranked ranking, for ``evaluate(gnd, scores=...)``.
+
+    The shortlist comes from ``scores`` alone (each query's top ``M`` or top ``k``, ties by lower id), and only the
+    shortlisted rows of ``X`` are read, so a memory-mapped +1M database stays on disk. Shortlist rerankers put their
+    reordered shortlist above every other item, whose initial order is kept; query expansion searches ``X`` again
+    with the expanded queries.
+    """
+    params = reranker_params(method, params)
+    scores = np.asarray(scores, dtype=np.float32)
+    Q = np.asarray(Q, dtype=np.float32)
+    if scores.shape != (Q.shape[0], X.shape[0]):
+        raise ValueError(f"scores must have shape (n_q, N) = ({Q.shape[0]}, {X.shape[0]}), got {scores.shape}")
+    depth = params["k"] if method in QUERY_EXPANSIONS else params["M"]
+    top = top_k_ids(scores, min(int(depth), X.shape[0])) if depth else np.zeros((Q.shape[0], 0), np.int64)
+    ids, local = np.unique(top, return_inverse=True)
+    sub = np.asarray(X[ids], dtype=np.float32)
+    local_ranks = local.reshape(top.shape).T
+    if method in QUERY_EXPANSIONS:
+        if not depth:  # nothing to expand with: the query is only re-normalised, the order is unchanged
+            return scores
+        expanded = QUERY_EXPANSIONS[method](Q, sub, ranks=local_ranks, **params).details["queries"]
+        return _similarity_in_chunks(expanded, X)
+    result = SHORTLIST_RERANKERS[method](Q, sub, ranks=local_ranks, **params)
+    head = ids[result.ranks[: top.shape[1]].T]  # (n_q, M') database ids in reranked order
+    out = scores.copy()
+    above = np.float32(np.ceil(scores.max(initial=0.0)) + 1.0)
+    np.put_along_axis(out, head, above + np.arange(head.shape[1], 0, -1, dtype=np.float32), axis=1)
+    return out
+
+
+def _similarity_in_chunks(Q: np.ndarray, X: np.ndarray, rows: int = 65536) -> np.ndarray:
+    """``Q @ X.T`` in float32, reading ``X`` (possibly fp16 or memory-mapped) ``rows`` at a time."""
+    out = np.empty((Q.shape[0], X.shape[0]), dtype=np.float32)
+    for start in range(0, X.shape[0], rows):
+        out[:, start : start + rows] = Q @ np.asarray(X[start : start + rows], dtype=np.float32).T
+    return out

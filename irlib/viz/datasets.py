@@ -1,8 +1,9 @@
-"""Dataset figures for notebook 01: class sizes, image sizes, sample grids, revisited ground truth and query boxes."""
+"""Dataset figures for notebook 01: class sizes, image sizes, sample grids, revisited ground truth, query boxes and
+train-test overlap candidates."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,6 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from irlib.data.images import load_image
+from irlib.data.overlap import OverlapCandidate
 from irlib.data.revisited import RevisitedDataset
 from irlib.viz.plots import PROTOCOL_COLORS
 
@@ -18,7 +20,9 @@ __all__ = [
     "draw_box",
     "plot_image_sizes",
     "plot_images_per_class",
+    "plot_overlap_pairs",
     "plot_positives_per_query",
+    "plot_precision_recall",
     "plot_query_boxes",
     "sample_grid",
 ]
@@ -132,4 +136,35 @@ def plot_query_boxes(dataset: RevisitedDataset, indices: Sequence[int] | None = 
     for ax, i in zip(axes.flat, indices, strict=False):
         ax.imshow(draw_box(dataset.load_query(i, crop=False), dataset.gnd[i]["bbx"]))
         ax.set_title(dataset.qimlist[i], fontsize=7)
+    return fig
+
+
+def plot_overlap_pairs(candidates: Sequence[OverlapCandidate], n: int = 6, truth: Iterable[int] = ()) -> Figure:
+    """The evidence of the first ``n`` overlap candidates: training image (left) beside the test image with its query
+    box (right); a title per pair with landmark id, score and cosine, marked "planted" when in ``truth``."""
+    shown = list(candidates)[:n]
+    if not shown:
+        raise ValueError("no candidate to show")
+    truth = {int(t) for t in truth}
+    fig, axes = plt.subplots(len(shown), 2, figsize=(6.0, 2.3 * len(shown)), squeeze=False, layout="constrained")
+    for (ax_train, ax_test), c in zip(axes, shown, strict=True):
+        ax_train.imshow(load_image(c.train_image))
+        test = load_image(c.test_image)
+        ax_test.imshow(draw_box(test, c.test_box) if c.test_box is not None else test)
+        for ax in (ax_train, ax_test):
+            ax.set_axis_off()
+        mark = " (planted)" if c.landmark_id in truth else ""
+        inliers = "" if c.inliers is None else f", {c.inliers} inliers"
+        ax_train.set_title(f"landmark {c.landmark_id}{mark}: score {c.score:.3f}", fontsize=8, loc="left")
+        ax_test.set_title(f"{c.query}: cosine {c.similarity:.3f}{inliers}", fontsize=8, loc="left")
+    return fig
+
+
+def plot_precision_recall(curve: pd.DataFrame, title: str = "") -> Figure:
+    """Precision and recall of ranked candidates against the truth at every cut-off k (``precision_recall_curve``)."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.0), layout="constrained")
+    ax.plot(curve.index, curve["precision"], marker="o", ms=3, color="#3b75af", label="precision")
+    ax.plot(curve.index, curve["recall"], marker="s", ms=3, color="#c0504d", label="recall")
+    ax.set(xlabel="candidates kept (k)", ylabel="fraction", ylim=(0, 1.05), title=title)
+    ax.legend(fontsize=8)
     return fig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from irlib.eval.metrics import _top_k, ilias_map_at_k, uned_metrics
+from irlib.eval.metrics import top_k_ids, ilias_map_at_k, uned_metrics
 
 # Index of the merged-protocol case: label 0 exists in domains "a" and "b" (a collision).
 INDEX_LABELS = [0, 0, 1, 1, 0, 2]
@@ -60,7 +60,7 @@ def test_top_k_is_exact_with_ties_by_index():
     scores = rng.integers(0, 4, size=(20, 30)).astype(np.float32)
     full = np.argsort(-scores, axis=1, kind="stable")
     for m in (1, 5, 29, 30):
-        np.testing.assert_array_equal(_top_k(scores, m), full[:, :m])
+        np.testing.assert_array_equal(top_k_ids(scores, m), full[:, :m])
 
 
 def test_ilias_map_hand_cases():

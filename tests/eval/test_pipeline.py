@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from irlib.data.revisited import RevisitedDataset
 from irlib.data.synthetic import DemoConfig, make_demo_data
 from irlib.eval.extract import ExtractConfig
-from irlib.eval.pipeline import evaluate_model, summary_table
+from irlib.eval.pipeline import evaluate_model, rescore, summary_table
+from irlib.eval.rerank import alpha_dba, superglobal_rerank
+from irlib.eval.revisited import evaluate
 from irlib.models import create_model
 
 
@@ -29,3 +32,25 @@ def test_pretrained_beats_random_init_by_far(demo):
     assert pretrained.metrics["easy"]["map"] > pretrained.metrics["hard"]["map"]  # the difficulty labels mean it
     assert pretrained.per_query.shape == (demo.n_queries, 3)
     assert pretrained.scores.shape == (demo.n_queries, demo.n_db)
+
+
+def test_reranking_and_dba_plug_into_a_run_and_are_recorded(demo):
+    cfg = ExtractConfig(image_size=192, scales=(1.0,))
+    model = create_model("gem", backbone="efficientnet_lite0", pretrained=True)
+    plain = evaluate_model(model, demo, cfg, progress=False)
+    reranked = rescore(plain, demo, rerank="superglobal", rerank_params={"M": 20}, dba={"k": 2, "alpha": 3.0})
+    assert reranked.metrics["settings"]["seconds"]["extract"] == plain.metrics["settings"]["seconds"]["extract"]
+    settings = reranked.metrics["settings"]
+    assert settings["rerank"] == {"method": "superglobal", "params": {"M": 20, "K": 9, "beta": 0.15, "stable": True}}
+    assert settings["dba"] == {"k": 2, "alpha": 3.0} and plain.metrics["settings"]["rerank"] is None
+    # The recorded scores are the reranked ranking: recomputing it from the descriptors gives the same APs.
+    searched = alpha_dba(plain.database, k=2, alpha=3.0)
+    direct = superglobal_rerank(plain.queries, searched, M=20)
+    expected = evaluate(demo.gnd, ranks=direct.ranks)
+    np.testing.assert_allclose(reranked.per_query["medium"].to_numpy() / 100, expected["medium"]["aps"], atol=1e-12)
+    assert not np.allclose(reranked.per_query["medium"], plain.per_query["medium"])
+    again = evaluate_model(model, demo, cfg, progress=False, rerank="superglobal", rerank_params={"M": 20})
+    assert again.metrics["settings"]["rerank"]["params"]["M"] == 20
+    np.testing.assert_array_equal(rescore(again, demo).per_query, plain.per_query)  # back to no reranking
+    with pytest.raises(ValueError, match="unknown reranker"):
+        rescore(plain, demo, rerank="qe")

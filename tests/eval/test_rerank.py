@@ -18,6 +18,8 @@ from irlib.eval.rerank import (
     initial_ranks,
     k_reciprocal_distance,
     k_reciprocal_rerank,
+    rerank_scores,
+    reranker_params,
     superglobal_rerank,
 )
 from irlib.eval.revisited import evaluate
@@ -367,3 +369,44 @@ def test_bad_inputs_raise_clear_errors():
         k_reciprocal_distance(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="lam"):
         k_reciprocal_distance(np.zeros((2, 2)), lam=2.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "direct"),
+    [
+        ("superglobal", {"M": 40, "K": 4}, lambda Q, X: superglobal_rerank(Q, X, M=40, K=4)),
+        ("k_reciprocal", {"M": 30}, lambda Q, X: k_reciprocal_rerank(Q, X, M=30)),
+        ("diffusion", {"M": 60, "k": 8}, lambda Q, X: diffusion_rerank(Q, X, M=60, k=8)),
+        ("alpha_qe", {"k": 5, "alpha": 3.0}, lambda Q, X: alpha_qe(Q, X, 5, 3.0)),
+        ("average_qe", {"k": 3}, lambda Q, X: average_qe(Q, X, 3)),
+    ],
+)
+def test_rerank_scores_give_the_reranker_ranking_and_read_only_the_shortlist(tmp_path, method, params, direct):
+    Q, X, gnd = clusters(seed=5, noise=0.35)
+    protocols = ("easy", "medium")
+    expected = evaluate(gnd, ranks=direct(Q, X).ranks, protocols=protocols)
+    # The database as fp16 on disk: the pipeline's +1M layout.
+    stored = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16, shape=X.shape)
+    stored[:] = X
+    stored.flush()
+    X16 = np.load(tmp_path / "x.npy", mmap_mode="r")
+    Xr = X16.astype(np.float32)
+    scores = rerank_scores(method, Q @ Xr.T, Q, X16, params)
+    got = evaluate(gnd, scores=scores, protocols=protocols)
+    reference = evaluate(gnd, ranks=direct(Q, Xr).ranks, protocols=protocols)
+    for p in protocols:
+        np.testing.assert_array_equal(got[p]["aps"], reference[p]["aps"])
+        np.testing.assert_allclose(got[p]["aps"], expected[p]["aps"], atol=0.02)  # fp16 storage moves little
+    initial = evaluate(gnd, scores=Q @ Xr.T, protocols=protocols)
+    assert not np.array_equal(initial["easy"]["aps"], got["easy"]["aps"])  # the reranking changed something
+
+
+def test_reranker_params_are_completed_and_checked():
+    assert reranker_params("superglobal", {"M": 100}) == {"M": 100, "K": 9, "beta": 0.15, "stable": True}
+    assert reranker_params("alpha_qe", {"k": 2, "alpha": 3}) == {"k": 2, "alpha": 3}
+    with pytest.raises(ValueError, match="unknown reranker 'qe'; choose one of alpha_qe, average_qe"):
+        reranker_params("qe")
+    with pytest.raises(ValueError, match="superglobal takes K, M, beta, stable; unknown parameter.s. m"):
+        reranker_params("superglobal", {"m": 3})
+    with pytest.raises(ValueError, match="alpha_qe needs parameter.s. k, alpha"):
+        reranker_params("alpha_qe")

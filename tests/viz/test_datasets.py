@@ -12,13 +12,16 @@ import pytest
 from PIL import Image
 
 from irlib.data.inspection import image_sizes, image_table
+from irlib.data.overlap import OverlapCandidate, precision_recall_curve
 from irlib.data.revisited import RevisitedDataset
 from irlib.viz.datasets import (
     BOX_COLOR,
     draw_box,
     plot_image_sizes,
     plot_images_per_class,
+    plot_overlap_pairs,
     plot_positives_per_query,
+    plot_precision_recall,
     plot_query_boxes,
     sample_grid,
 )
@@ -90,3 +93,30 @@ def test_query_boxes_are_drawn_where_the_ground_truth_says(tiny_revisited):
     assert tuple(shown[y1, (x1 + x2) // 2]) == BOX_COLOR
     assert fig.axes[0].get_title() == "q_0" and fig.axes[1].get_title() == "q_1"
     assert len(image_table(ds)) == 8
+
+
+def test_overlap_pairs_show_the_evidence_and_mark_planted_ones(tiny_revisited):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    box = ds.gnd[0]["bbx"]
+    candidates = [
+        OverlapCandidate(7, 0.61, 0.8, ds.db_paths[0], ds.query_paths[0], tuple(box), "q_0", inliers=40),
+        OverlapCandidate(3, 0.20, 0.3, ds.db_paths[1], ds.db_paths[2], None, "q_1"),
+    ]
+    fig = plot_overlap_pairs(candidates, truth=[7])
+    axes = np.array(fig.axes).reshape(2, 2)
+    assert axes[0, 0].get_title(loc="left") == "landmark 7 (planted): score 0.610"
+    assert axes[0, 1].get_title(loc="left") == "q_0: cosine 0.800, 40 inliers"
+    assert axes[1, 0].get_title(loc="left") == "landmark 3: score 0.200"
+    shown = axes[0, 1].images[0].get_array()
+    x1, y1, x2, _ = (round(c) for c in box)
+    assert tuple(shown[y1, (x1 + x2) // 2]) == BOX_COLOR  # the query box is drawn on the test image
+    np.testing.assert_array_equal(axes[1, 1].images[0].get_array(), np.asarray(Image.open(ds.db_paths[2])))
+    with pytest.raises(ValueError, match="no candidate"):
+        plot_overlap_pairs([])
+
+
+def test_precision_recall_figure_plots_the_curve():
+    curve = precision_recall_curve([5, 9, 2, 4], true_ids=[5, 2])
+    ax = plot_precision_recall(curve).axes[0]
+    precision, recall = (line.get_ydata().tolist() for line in ax.lines)
+    assert precision == [1.0, 0.5, 2 / 3, 0.5] and recall == [0.5, 0.5, 1.0, 1.0]
