@@ -1,4 +1,5 @@
-"""Command line, ``python -m irlib <command>``: ``download``, ``eval``, ``make-demo-data``, ``summarize``, ``train``."""
+"""Command line, ``python -m irlib <command>``: ``download``, ``eval``, ``extract``, ``make-demo-data``, ``summarize``,
+``train``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from irlib.data.revisited import CROP_MODES
-from irlib.eval.extract import PRESETS
+from torch import nn
+
+from irlib.data.revisited import CROP_MODES, Distractors
+from irlib.eval.extract import PRESETS, ExtractConfig, preset
 
 
 def _scale(text: str) -> float:
@@ -22,20 +26,26 @@ def _scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a scale: {text!r} (a number, sqrt2 or 1/sqrt2)") from None
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on a revisited-format dataset (Easy/Medium/Hard)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--dataset-dir", type=Path, help="folder with gnd_<name>.pkl and jpg/")
-    where.add_argument("--data-root", type=Path, help="folder holding <dataset>/ (with --dataset)")
-    p.add_argument("--dataset", help="dataset name under --data-root, e.g. roxford5k")
-    p.add_argument("--distractors", type=Path, help="folder with revisitop1m.txt and jpg/ to append to the database")
+def _add_distractor_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument(
+        "--distractors",
+        type=Path,
+        required=required,
+        help="folder with revisitop1m.txt and jpg/" + ("" if required else " to append to the database"),
+    )
     p.add_argument(
         "--skip-missing-distractors", action="store_true", help="use the listed distractors that exist (counted)"
     )
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="gem", help="model method (see irlib.models.list_models())")
     p.add_argument("--backbone", default="resnet50", help="timm backbone name")
     p.add_argument("--pretrained", action="store_true", help="start from the backbone's pretrained weights")
     p.add_argument("--weights", type=Path, help="local state dict of the model or its backbone")
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -43,24 +53,64 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image-size", type=int, help="longest image side, images are only shrunk (default 1024)")
     p.add_argument("--scales", type=_scale, nargs="+", help="multi-scale factors (default 1/sqrt2 1 sqrt2)")
-    p.add_argument("--no-crop", action="store_true", help="do not crop queries to their box")
-    p.add_argument("--crop-mode", choices=CROP_MODES, help="box rounding (default round, as revisitop)")
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=int, default=None, help="images per forward pass (default: 1 on CPU, 16 on GPU)"
     )
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available; each rank's GPU)")
+
+
+def _extract_config(args: argparse.Namespace, **chosen: Any) -> ExtractConfig:
+    """The preset (or defaults) with the options given on the command line; ``chosen`` adds command-specific ones."""
+    chosen |= {
+        "image_size": args.image_size,
+        "scales": tuple(args.scales) if args.scales else None,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers or None,
+        "device": args.device,
+    }
+    overrides = {k: v for k, v in chosen.items() if v is not None}
+    return preset(args.preset, **overrides) if args.preset else ExtractConfig(**overrides)
+
+
+def _create_model(args: argparse.Namespace) -> nn.Module:
+    from irlib.models import create_model
+
+    return create_model(args.method, backbone=args.backbone, pretrained=args.pretrained, weights=args.weights)
+
+
+def _distractors(args: argparse.Namespace, list_file: str = "revisitop1m.txt") -> Distractors:
+    on_missing = "skip" if args.skip_missing_distractors else "error"
+    distractors = Distractors.from_list(args.distractors, list_file, on_missing=on_missing)
+    if distractors.missing:
+        print(f"{len(distractors.missing)} listed distractors are missing; using {len(distractors.paths)}")
+    return distractors
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on a revisited-format dataset (Easy/Medium/Hard)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dataset-dir", type=Path, help="folder with gnd_<name>.pkl and jpg/")
+    where.add_argument("--data-root", type=Path, help="folder holding <dataset>/ (with --dataset)")
+    p.add_argument("--dataset", help="dataset name under --data-root, e.g. roxford5k")
+    _add_distractor_args(p, required=False)
+    _add_model_args(p)
+    _add_pipeline_args(p)
+    p.add_argument("--no-crop", action="store_true", help="do not crop queries to their box")
+    p.add_argument("--crop-mode", choices=CROP_MODES, help="box rounding (default round, as revisitop)")
+    _add_runtime_args(p)
     p.add_argument("--fp16", action="store_true", help="store descriptors as float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--cache-dir", type=Path, help="reuse descriptors extracted before with the same settings")
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json and per_query.csv")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from irlib.data.revisited import Distractors, RevisitedDataset
-    from irlib.eval.extract import ExtractConfig, preset
+    from irlib.data.revisited import RevisitedDataset
     from irlib.eval.pipeline import evaluate_model, prepare_out_dir, save_result, summary_table
-    from irlib.models import create_model
 
     if args.data_root is not None and not args.dataset:
         raise SystemExit("irlib eval: --data-root needs --dataset NAME")
@@ -70,29 +120,54 @@ def _run_eval(args: argparse.Namespace) -> int:
         else RevisitedDataset.from_root(args.data_root, args.dataset)
     )
     if args.distractors is not None:
-        on_missing = "skip" if args.skip_missing_distractors else "error"
-        distractors = Distractors.from_list(args.distractors, on_missing=on_missing)
-        if distractors.missing:
-            print(f"{len(distractors.missing)} listed distractors are missing; using {len(distractors.paths)}")
-        dataset = dataset.with_distractors(distractors)
-    chosen = {
-        "image_size": args.image_size,
-        "scales": tuple(args.scales) if args.scales else None,
-        "crop_mode": args.crop_mode,
-        "crop_queries": False if args.no_crop else None,
-        "fp16": args.fp16 or None,
-        "batch_size": args.batch_size,
-        "num_workers": args.workers or None,
-        "device": args.device,
-    }
-    overrides = {k: v for k, v in chosen.items() if v is not None}
-    cfg = preset(args.preset, **overrides) if args.preset else ExtractConfig(**overrides)
-    model = create_model(args.method, backbone=args.backbone, pretrained=args.pretrained, weights=args.weights)
+        dataset = dataset.with_distractors(_distractors(args))
+    cfg = _extract_config(
+        args,
+        crop_mode=args.crop_mode,
+        crop_queries=False if args.no_crop else None,
+        fp16=args.fp16 or None,
+    )
+    model = _create_model(args)
     out = prepare_out_dir(args.out, force=args.force)
     result = evaluate_model(model, dataset, cfg, cache_dir=args.cache_dir)
     save_result(result, out)
     print(summary_table({f"{args.method}/{args.backbone}": result.metrics}).round(2).to_string())
     print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="extract distractor descriptors into resumable fp16 chunks "
+        "(one process, or `torchrun --nproc_per_node=N -m irlib extract ...`)",
+    )
+    _add_distractor_args(p, required=True)
+    p.add_argument("--list-file", default="revisitop1m.txt", help="image list inside --distractors")
+    p.add_argument("--out", type=Path, required=True, help="feature folder; rerun the same command to resume")
+    _add_model_args(p)
+    _add_pipeline_args(p)
+    _add_runtime_args(p)
+    p.add_argument("--chunk-size", type=int, default=1024, help="images per chunk file (keep it when resuming)")
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from irlib.eval.shards import extract_sharded, read_meta
+    from irlib.train.run import init_distributed
+
+    distractors = _distractors(args, args.list_file)
+    cfg = _extract_config(args)
+    started = init_distributed()
+    try:
+        path = extract_sharded(_create_model(args), distractors.paths, args.out, cfg, chunk_size=args.chunk_size)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            meta = read_meta(args.out)
+            print(f"wrote {path}: {meta['n_images']} x {meta['dim']} float16")
+    finally:
+        if started:
+            dist.destroy_process_group()
     return 0
 
 
@@ -196,6 +271,7 @@ def _run_download(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "download": _run_download,
     "eval": _run_eval,
+    "extract": _run_extract,
     "make-demo-data": _run_demo,
     "summarize": _run_summarize,
     "train": _run_train,
@@ -205,7 +281,7 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="irlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_download, _add_eval, _add_demo, _add_summarize, _add_train):
+    for add in (_add_download, _add_eval, _add_extract, _add_demo, _add_summarize, _add_train):
         add(sub)
     args = parser.parse_args(argv)
     try:

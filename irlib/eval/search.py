@@ -1,4 +1,12 @@
-"""Nearest-neighbour search of query descriptors in a database by inner product (cosine on L2-normalised input)."""
+"""Nearest-neighbour search of query descriptors in a database by inner product (cosine on L2-normalised input).
+
+* :func:`similarity`: the full score matrix of in-memory arrays; :func:`similarity_chunked`: the same numbers for a
+  large float16 or memory-mapped database read a block of rows at a time (no float32 copy of the database), the
+  input of ``irlib.eval.revisited.evaluate(gnd, scores=...)`` at +1M scale.
+* :func:`build_index` / :func:`search_index` / :func:`knn`: top-k with faiss, exact (``"flat"``, ``IndexFlatIP``) or
+  approximate (``"ivfpq"``, ``IndexIVFPQ`` trained on a seeded sample); :func:`refine` re-scores an approximate
+  shortlist exactly from the database; :func:`recall_at_k` compares approximate with exact top-k.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,16 @@ import faiss
 import numpy as np
 
 
-def _as_f32(name: str, a: np.ndarray) -> np.ndarray:
+def _as_2d(name: str, a: np.ndarray) -> np.ndarray:
+    """``a`` as an array (a memory map stays one, nothing is copied), checked to be ``(n, dim)``."""
     a = np.asarray(a)
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n, dim), got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return a
+
+
+def _as_f32(name: str, a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(_as_2d(name, a), dtype=np.float32)
 
 
 def similarity(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
@@ -21,19 +34,158 @@ def similarity(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     return q @ x.T
 
 
-def knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` by inner product with faiss ``IndexFlatIP``.
+def similarity_chunked(queries: np.ndarray, database: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+    """Score matrix ``(n_queries, N)`` float32 = ``queries @ database.T``, the database read ``chunk`` rows at a time.
+
+    ``database`` may be float16 and memory-mapped (``np.load(path, mmap_mode="r")``, ``shards.load_features``):
+    each block is upcast into one reused ``(chunk, dim)`` float32 buffer, so memory is the score matrix plus that
+    buffer (and the page cache of the mapped file). The numbers are :func:`similarity`'s on the float32 database up
+    to summation order inside the BLAS (with numpy's OpenBLAS, blocks of thousands of rows give the same bits).
+    """
+    q = _as_f32("queries", queries)
+    database = _as_2d("database", database)
+    n, dim = database.shape
+    if q.shape[1] != dim:
+        raise ValueError(f"descriptor sizes differ: queries {q.shape[1]}, database {dim}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    out = np.empty((q.shape[0], n), dtype=np.float32)
+    block = np.empty((min(chunk, n), dim), dtype=np.float32)
+    block_scores = np.empty((min(chunk, n), q.shape[0]), dtype=np.float32)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        np.copyto(block[: e - s], database[s:e])
+        # (rows, n_q) into a contiguous buffer, then transposed into place: faster than writing a strided out
+        np.matmul(block[: e - s], q.T, out=block_scores[: e - s])
+        out[:, s:e] = block_scores[: e - s].T
+    return out
+
+
+INDEX_KINDS: tuple[str, ...] = ("flat", "ivfpq")
+
+
+def build_index(
+    database: np.ndarray,
+    kind: str = "flat",
+    *,
+    nlist: int = 1024,
+    m: int = 64,
+    nbits: int = 8,
+    nprobe: int = 16,
+    train_size: int = 65536,
+    seed: int = 0,
+    chunk: int = 65536,
+) -> faiss.Index:
+    """A faiss inner-product index of the ``(N, dim)`` database, rows added ``chunk`` at a time (memmap-friendly).
+
+    ``"flat"``: exact ``IndexFlatIP`` (holds a float32 copy of the database). ``"ivfpq"``: ``IndexIVFPQ`` with
+    ``nlist`` inverted lists (coarse k-means) and residuals product-quantised into ``m`` sub-vectors of ``nbits``
+    each (``m * nbits / 8`` bytes per image, ``dim`` divisible by ``m``); both quantisers are trained on
+    ``min(train_size, N)`` rows drawn with ``seed`` (faiss's k-means seeded with it too), and ``nprobe`` lists are
+    scanned per query (change it later with ``faiss.extract_index_ivf(index).nprobe``).
+
+    faiss's OpenMP threads spin while they wait: where other processes keep the cores busy, training ran 10x slower
+    with 2 threads than with 1 on a 2-core machine. ``OMP_WAIT_POLICY=PASSIVE`` (set before faiss is imported) or
+    ``faiss.omp_set_num_threads(1)`` avoids it.
+    """
+    database = _as_2d("database", database)
+    n, dim = database.shape
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+    if n == 0 or chunk < 1:
+        raise ValueError(f"need a non-empty database and a positive chunk, got N={n}, chunk={chunk}")
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        if dim % m or not 1 <= nbits <= 16 or min(nlist, nprobe, train_size) < 1:
+            raise ValueError(
+                f"ivfpq needs dim % m == 0, 1 <= nbits <= 16 and positive nlist, nprobe, train_size; got dim={dim}, "
+                f"m={m}, nbits={nbits}, nlist={nlist}, nprobe={nprobe}, train_size={train_size}"
+            )
+        if min(train_size, n) < max(nlist, 2**nbits):
+            raise ValueError(
+                f"ivfpq trains {nlist} coarse centroids and {2**nbits} codes per sub-quantiser on "
+                f"min(train_size, N) = {min(train_size, n)} rows: too few (faiss advises 39 or more per centroid)"
+            )
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.pq.cp.seed = seed
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(train_size, n), replace=False))
+        index.train(np.ascontiguousarray(database[rows], dtype=np.float32))
+        index.nprobe = nprobe
+    for s in range(0, n, chunk):
+        index.add(np.ascontiguousarray(database[s : s + chunk], dtype=np.float32))
+    return index
+
+
+def search_index(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``queries`` in a faiss index: ``(scores, ids)``, both ``(n_queries, min(k, ntotal))``, best first.
+
+    Approximate indexes may return fewer than ``k`` hits for a query; the rest are padded with id -1.
+    """
+    q = _as_f32("queries", queries)
+    if q.shape[1] != index.d:
+        raise ValueError(f"descriptor sizes differ: queries {q.shape[1]}, index {index.d}")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    return index.search(q, min(k, index.ntotal))
+
+
+def knn(
+    queries: np.ndarray, database: np.ndarray, k: int, *, index: str = "flat", **index_options: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` by inner product: exact with ``index="flat"`` (faiss ``IndexFlatIP``), or ``"ivfpq"``.
+
+    ``index_options`` go to :func:`build_index`.
 
     Returns:
         ``(scores, ids)``, both ``(n_queries, min(k, n_db))``, best first. Equal scores may come in any order
         (use :func:`similarity` with ``evaluate(scores=...)`` when ties must rank by database index).
     """
-    q, x = _as_f32("queries", queries), _as_f32("database", database)
-    if q.shape[1] != x.shape[1]:
-        raise ValueError(f"descriptor sizes differ: queries {q.shape[1]}, database {x.shape[1]}")
+    q = _as_f32("queries", queries)
+    database = _as_2d("database", database)
+    if q.shape[1] != database.shape[1]:
+        raise ValueError(f"descriptor sizes differ: queries {q.shape[1]}, database {database.shape[1]}")
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    scores, ids = index.search(q, min(k, x.shape[0]))
-    return scores, ids
+    return search_index(build_index(database, index, **index_options), q, k)
+
+
+def refine(queries: np.ndarray, database: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact re-scoring of candidate lists, e.g. an IVF-PQ top-``k'`` with ``k' > k``.
+
+    Each query's candidates ``ids (n_queries, k')`` (padding -1 ignored) are read from the (memory-mapped)
+    ``database`` and scored exactly; the best ``k`` come back as ``(scores, ids)`` ``(n_queries, k)``, best first,
+    ties by lower id, padded with ``-inf`` / -1 where a query has fewer than ``k`` candidates.
+    """
+    q = _as_f32("queries", queries)
+    database = _as_2d("database", database)
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.shape[0] != q.shape[0]:
+        raise ValueError(f"ids must be (n_queries={q.shape[0]}, k'), got shape {ids.shape}")
+    if q.shape[1] != database.shape[1]:
+        raise ValueError(f"descriptor sizes differ: queries {q.shape[1]}, database {database.shape[1]}")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    out_scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+    out_ids = np.full((q.shape[0], k), -1, dtype=np.int64)
+    for i, row in enumerate(ids):
+        cand = np.unique(row[row >= 0])  # sorted: sequential reads of a memory map
+        scores = np.asarray(database[cand], dtype=np.float32) @ q[i]
+        best = np.argsort(-scores, kind="stable")[:k]
+        out_scores[i, : best.size], out_ids[i, : best.size] = scores[best], cand[best]
+    return out_scores, out_ids
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int = 100) -> float:
+    """Mean over queries of ``|approx top-k ∩ exact top-k| / k`` for ``(n_queries, >= k)`` id arrays, best first.
+
+    Padding ids (-1) never count as hits.
+    """
+    a, e = np.asarray(approx_ids), np.asarray(exact_ids)
+    if a.ndim != 2 or e.ndim != 2 or a.shape[0] != e.shape[0]:
+        raise ValueError(f"need two (n_queries, k) id arrays with the same n_queries, got {a.shape} and {e.shape}")
+    if k < 1 or min(a.shape[1], e.shape[1]) < k:
+        raise ValueError(f"k={k} needs at least k columns in both, got {a.shape[1]} and {e.shape[1]}")
+    hits = [np.intersect1d(x[:k][x[:k] >= 0], y[:k]).size for x, y in zip(a, e, strict=True)]
+    return float(np.mean(hits)) / k
