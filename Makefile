@@ -46,6 +46,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_datasets.py
+	$(BIN)/python benchmarks/bench_rerank.py
+	$(BIN)/python benchmarks/bench_shards.py
+	$(BIN)/python benchmarks/bench_1m.py
 
 ## make strip: remove outputs from notebooks before committing (cell tags are kept).
 strip: $(STAMP)

@@ -15,6 +15,7 @@ from torch import nn
 
 from irlib.data.revisited import CROP_MODES, Distractors
 from irlib.eval.extract import PRESETS, ExtractConfig, preset
+from irlib.eval.rerank import RERANKERS
 
 
 def _scale(text: str) -> float:
@@ -24,6 +25,19 @@ def _scale(text: str) -> float:
         return table[text] if text in table else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a scale: {text!r} (a number, sqrt2 or 1/sqrt2)") from None
+
+
+def _assignments(items: Sequence[str], option: str) -> dict[str, Any]:
+    """``NAME=VALUE`` items as a dict, values read as YAML (``3`` -> int, ``0.15`` -> float, ``true`` -> bool)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{option} expects NAME=VALUE, got {item!r}")
+        out[name] = yaml.safe_load(value)
+    return out
 
 
 def _add_distractor_args(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -104,6 +118,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     _add_runtime_args(p)
     p.add_argument("--fp16", action="store_true", help="store descriptors as float16")
     p.add_argument("--cache-dir", type=Path, help="reuse descriptors extracted before with the same settings")
+    p.add_argument(
+        "--distractor-features",
+        type=Path,
+        help="+1M from a folder written by `irlib extract` (same model and settings) instead of --distractors",
+    )
+    p.add_argument("--rerank", choices=RERANKERS, help="rerank the ranking (shortlist from descriptors only)")
+    p.add_argument(
+        "--rerank-param", nargs="*", default=[], metavar="NAME=VALUE", help="reranker parameters, e.g. M=400 K=9"
+    )
+    p.add_argument("--dba", nargs=2, type=float, metavar=("K", "ALPHA"), help="alpha-DBA of the database first")
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json and per_query.csv")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
 
@@ -129,9 +153,19 @@ def _run_eval(args: argparse.Namespace) -> int:
     )
     model = _create_model(args)
     out = prepare_out_dir(args.out, force=args.force)
-    result = evaluate_model(model, dataset, cfg, cache_dir=args.cache_dir)
+    result = evaluate_model(
+        model,
+        dataset,
+        cfg,
+        cache_dir=args.cache_dir,
+        distractor_features=args.distractor_features,
+        rerank=args.rerank,
+        rerank_params=_assignments(args.rerank_param, "--rerank-param"),
+        dba={"k": int(args.dba[0]), "alpha": args.dba[1]} if args.dba else None,
+    )
     save_result(result, out)
-    print(summary_table({f"{args.method}/{args.backbone}": result.metrics}).round(2).to_string())
+    name = f"{args.method}/{args.backbone}" + (f" + {args.rerank}" if args.rerank else "")
+    print(summary_table({name: result.metrics}).round(2).to_string())
     print(f"wrote {out / 'metrics.json'}")
     return 0
 
@@ -218,19 +252,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import yaml
-
     from irlib.train.config import TrainConfig
     from irlib.train.run import train
 
     cfg = TrainConfig.from_yaml(args.config)
-    overrides = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        overrides[field] = yaml.safe_load(value)
-    cfg = TrainConfig.from_dict(dataclasses.asdict(cfg) | overrides)
+    cfg = TrainConfig.from_dict(dataclasses.asdict(cfg) | _assignments(args.set, "--set"))
     result = train(cfg, resume=args.resume, overwrite=args.force)
     print(json.dumps(result))
     return 0

@@ -171,3 +171,37 @@ def test_eval_with_distractors_records_the_larger_database(tiny_revisited, tmp_p
     assert _eval([*args, "--skip-missing-distractors"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "tiny+1m" and metrics["settings"]["n_db"] == 6 + 3
+
+
+def test_eval_with_reranking_and_distractor_features(tiny_revisited, tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "r1m"
+    (root / "jpg" / "0").mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (50, 40), (50 * i, 10, 10)).save(root / "jpg" / "0" / f"d{i}.jpg")
+    (root / "revisitop1m.txt").write_text("".join(f"0/d{i}.jpg\n" for i in range(5)))
+    import torch
+
+    from irlib.models import create_model
+
+    weights = tmp_path / "weights.pth"
+    torch.save(create_model("gem", backbone="efficientnet_lite0").state_dict(), weights)
+    model = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--scales", "1", "--weights", str(weights)]
+    feats = tmp_path / "feats"
+    assert main(["extract", "--distractors", str(root), "--out", str(feats), "--chunk-size", "2", *model]) == 0
+    out = tmp_path / "run"
+    args = ["--dataset-dir", str(tiny_revisited), "--distractor-features", str(feats), "--out", str(out)]
+    args += ["--weights", str(weights)]
+    assert _eval([*args, "--rerank", "superglobal", "--rerank-param", "M=8", "K=2", "beta=0.3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "tiny+1m" and metrics["settings"]["n_db"] == 6 + 5
+    assert metrics["settings"]["rerank"] == {
+        "method": "superglobal",
+        "params": {"M": 8, "K": 2, "beta": 0.3, "stable": True},
+    }
+    assert "gem/efficientnet_lite0 + superglobal" in capsys.readouterr().out
+    assert _eval([*args, "--force", "--rerank", "superglobal", "--rerank-param", "M"]) == 2
+    assert "--rerank-param expects NAME=VALUE, got 'M'" in capsys.readouterr().err
+    assert _eval([*args, "--force", "--rerank", "alpha_qe"]) == 2
+    assert "alpha_qe needs parameter(s) k, alpha" in capsys.readouterr().err

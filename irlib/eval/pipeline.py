@@ -6,7 +6,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ from torch import nn
 
 import irlib
 from irlib.data.revisited import RevisitedDataset
-from irlib.eval.extract import ExtractConfig, extract_revisited
+from irlib.eval.extract import ExtractConfig, extract_revisited, model_fingerprint
 from irlib.eval.rerank import alpha_dba, rerank_scores, reranker_params
 from irlib.eval.revisited import PROTOCOLS, evaluate
-from irlib.eval.search import similarity
+from irlib.eval.search import StackedDatabase, database_scores, similarity
+from irlib.eval.shards import load_features, read_meta
 from irlib.io import atomic_path, sha256_file, write_json
 
 
@@ -32,7 +33,8 @@ class EvalResult:
         metrics: the content of ``metrics.json`` (mAP and mP@k in percent, settings).
         per_query: AP in percent per query (rows, by query name) and protocol (columns); NaN = no positive.
         queries: query descriptors ``(n_queries, D)``.
-        database: database descriptors ``(n_db, D)``.
+        database: database descriptors ``(n_db, D)``; with distractor features a :class:`StackedDatabase` of the
+            test descriptors and the memory-mapped distractors.
         scores: ``(n_queries, n_db)`` scores used for ranking (after reranking, when one was chosen).
     """
 
@@ -54,16 +56,28 @@ def evaluate_model(
     rerank: str | None = None,
     rerank_params: Mapping[str, Any] | None = None,
     dba: Mapping[str, Any] | None = None,
+    distractor_features: str | os.PathLike | None = None,
+    distractor_name: str = "1m",
 ) -> EvalResult:
     """Extract descriptors with ``model``, rank the database by inner product and compute E/M/H metrics.
+
+    ``distractor_features``: a folder written by :func:`irlib.eval.shards.extract_sharded` (``python -m irlib
+    extract``) with the same model and settings; its memory-mapped descriptors join the database after the test
+    images (``<name>+1m``), searched in blocks of rows and never copied whole.
 
     ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS` with ``rerank_params`` (defaults filled in and
     recorded); its shortlist comes from the descriptors only. ``dba``: ``{"k": ..., "alpha": ...}`` replaces the
     database descriptors by their αDBA augmentation before search (``O(N² D)``).
     """
     t0 = time.perf_counter()
+    distractors, meta = (
+        _distractor_features(distractor_features, model, cfg, dataset) if distractor_features else (None, {})
+    )
     q, x = extract_revisited(model, dataset, cfg, cache_dir=cache_dir, progress=progress)
     seconds = {"extract": round(time.perf_counter() - t0, 3)}
+    if distractors is not None:
+        x = StackedDatabase(x, distractors)
+        dataset = replace(dataset, distractor_name=distractor_name)
     model_config = dict(getattr(model, "config", {}))
     metrics: dict[str, Any] = {
         "dataset": dataset.label,
@@ -75,7 +89,12 @@ def evaluate_model(
             "normalization": dict(model.data_config),
             "kappas": list(kappas),
             "n_queries": dataset.n_queries,
-            "n_db": dataset.n_db,
+            "n_db": len(x),
+            "distractor_features": (
+                {"dir": str(distractor_features), "n": len(distractors), "paths_sha256": meta["paths_sha256"]}
+                if distractors is not None
+                else None
+            ),
             "dataset_dir": str(dataset.root),
             "gnd_sha256": sha256_file(dataset.gnd_path),
             "weights_sha256": sha256_file(model_config["weights"]) if model_config.get("weights") else None,
@@ -110,8 +129,10 @@ def _score(
     """Search (after αDBA), rerank and evaluate ``result``'s descriptors; a new result with updated metrics."""
     t0 = time.perf_counter()
     q, x = result.queries, result.database
+    if dba and isinstance(x, StackedDatabase):
+        raise ValueError("αDBA costs O(N² D): it is not run over distractor features; evaluate without dba")
     searched = alpha_dba(x, **dba) if dba else x
-    scores = similarity(q, searched)
+    scores = database_scores(q, searched) if isinstance(searched, StackedDatabase) else similarity(q, searched)
     if rerank:
         rerank_params = reranker_params(rerank, rerank_params)
         scores = rerank_scores(rerank, scores, q, searched, rerank_params)
@@ -125,6 +146,23 @@ def _score(
     metrics = result.metrics | {"settings": settings} | protocol_metrics(res, kappas)
     per_query = pd.DataFrame({p: res[p]["aps"] * 100 for p in PROTOCOLS}, index=pd.Index(dataset.qimlist, name="query"))
     return EvalResult(metrics, per_query, q, x, scores)
+
+
+def _distractor_features(
+    folder: str | os.PathLike, model: nn.Module, cfg: ExtractConfig, dataset: RevisitedDataset
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The memory-mapped distractor descriptors of ``folder`` and its meta, checked to come from this model and
+    settings."""
+    if dataset.distractors:
+        raise ValueError(f"{dataset.label} already has distractor images; pass either them or distractor features")
+    meta = read_meta(folder)
+    if meta["model"] != model_fingerprint(model):
+        raise ValueError(f"{folder} holds descriptors of other model weights than the model evaluated")
+    image_fields = [k for k in cfg.settings() if k not in ("crop_queries", "crop_mode", "fp16")]
+    differ = [k for k in image_fields if meta["settings"].get(k) != cfg.settings()[k]]
+    if differ:
+        raise ValueError(f"{folder} was extracted with other settings ({', '.join(differ)}) than this evaluation")
+    return load_features(folder), meta
 
 
 def protocol_metrics(res: Mapping[str, Mapping[str, Any]], kappas: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:

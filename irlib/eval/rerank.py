@@ -30,6 +30,7 @@ import torch
 from scipy.sparse.linalg import cg
 
 from irlib.eval.metrics import top_k_ids
+from irlib.eval.search import StackedDatabase, database_scores
 
 # largest float32 temporaries (elements) built at once by the chunked loops below
 _CHUNK_ELEMENTS = 1 << 24
@@ -392,8 +393,12 @@ def _superglobal_batch(
     weights = torch.take_along_dim(sim, neighbours, dim=-1).unsqueeze(-1)  # = the values of sort(-sim), negated
     weights[:, :, 1:] *= beta
     weights[:, :, :1] = 1.0  # slot 0 (whichever item comes first, usually oneself) gets weight 1
-    batch = torch.arange(g.shape[0])[:, None, None]
-    refined = torch.sum(g[batch, neighbours] * weights, 2) / torch.sum(weights, 2)  # (a, M', D), not re-normalised
+    batch = torch.arange(g.shape[0])[:, None]
+    # The official sum(G[nb] * w, 2) without its (a, M', K+1, D) temporary: slots added in the same order
+    total = g[batch, neighbours[:, :, 0]] * weights[:, :, 0]
+    for slot in range(1, k1):
+        total += g[batch, neighbours[:, :, slot]] * weights[:, :, slot]
+    refined = total / torch.sum(weights, 2)  # (a, M', D), not re-normalised
     s1 = torch.einsum("ac,adc->ad", q, refined)
     s1_order = torch.argsort(-s1, dim=-1, stable=stable)
     s1_sorted = torch.take_along_dim(s1, s1_order, dim=-1)
@@ -503,13 +508,18 @@ def reranker_params(method: str, params: Mapping[str, Any] | None = None) -> dic
 
 
 def rerank_scores(
-    method: str, scores: np.ndarray, Q: np.ndarray, X: np.ndarray, params: Mapping[str, Any] | None = None
+    method: str,
+    scores: np.ndarray,
+    Q: np.ndarray,
+    X: np.ndarray | StackedDatabase,
+    params: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Rerank a full score matrix and return scores ``(n_q, N)`` whose order (descending, ties by lower id) is the
     reranked ranking, for ``evaluate(gnd, scores=...)``.
 
     The shortlist comes from ``scores`` alone (each query's top ``M`` or top ``k``, ties by lower id), and only the
-    shortlisted rows of ``X`` are read, so a memory-mapped +1M database stays on disk. Shortlist rerankers put their
+    shortlisted rows of ``X`` are read, so a memory-mapped +1M database (or a :class:`StackedDatabase` of the test
+    database and the distractors) stays on disk. Shortlist rerankers put their
     reordered shortlist above every other item, whose initial order is kept; query expansion searches ``X`` again
     with the expanded queries.
     """
@@ -527,18 +537,10 @@ def rerank_scores(
         if not depth:  # nothing to expand with: the query is only re-normalised, the order is unchanged
             return scores
         expanded = QUERY_EXPANSIONS[method](Q, sub, ranks=local_ranks, **params).details["queries"]
-        return _similarity_in_chunks(expanded, X)
+        return database_scores(expanded, X)
     result = SHORTLIST_RERANKERS[method](Q, sub, ranks=local_ranks, **params)
     head = ids[result.ranks[: top.shape[1]].T]  # (n_q, M') database ids in reranked order
     out = scores.copy()
     above = np.float32(np.ceil(scores.max(initial=0.0)) + 1.0)
     np.put_along_axis(out, head, above + np.arange(head.shape[1], 0, -1, dtype=np.float32), axis=1)
-    return out
-
-
-def _similarity_in_chunks(Q: np.ndarray, X: np.ndarray, rows: int = 65536) -> np.ndarray:
-    """``Q @ X.T`` in float32, reading ``X`` (possibly fp16 or memory-mapped) ``rows`` at a time."""
-    out = np.empty((Q.shape[0], X.shape[0]), dtype=np.float32)
-    for start in range(0, X.shape[0], rows):
-        out[:, start : start + rows] = Q @ np.asarray(X[start : start + rows], dtype=np.float32).T
     return out

@@ -189,3 +189,42 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int = 100) -> 
         raise ValueError(f"k={k} needs at least k columns in both, got {a.shape[1]} and {e.shape[1]}")
     hits = [np.intersect1d(x[:k][x[:k] >= 0], y[:k]).size for x, y in zip(a, e, strict=True)]
     return float(np.mean(hits)) / k
+
+
+class StackedDatabase:
+    """Several ``(n_i, D)`` descriptor arrays searched as one database of ``sum n_i`` rows, in order, without copying:
+    the test database in memory followed by memory-mapped +1M distractors (``shards.load_features``)."""
+
+    def __init__(self, *parts: np.ndarray) -> None:
+        if not parts:
+            raise ValueError("need at least one part")
+        self.parts = [_as_2d(f"part {i}", p) for i, p in enumerate(parts)]
+        dims = {p.shape[1] for p in self.parts}
+        if len(dims) != 1:
+            raise ValueError(f"parts have different descriptor sizes {sorted(dims)}")
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.offsets[-1]), dims.pop())
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (integer array) as float32 ``(len(ids), D)``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= len(self))):
+            raise IndexError(f"row ids must be a 1-D array in [0, {len(self)})")
+        out = np.empty((ids.size, self.shape[1]), dtype=np.float32)
+        part = np.searchsorted(self.offsets, ids, side="right") - 1
+        for i, p in enumerate(self.parts):
+            sel = np.flatnonzero(part == i)
+            if sel.size:
+                local = ids[sel] - self.offsets[i]
+                order = np.argsort(local)  # increasing offsets read a memory map sequentially
+                out[sel[order]] = p[local[order]]
+        return out
+
+
+def database_scores(queries: np.ndarray, database: np.ndarray | StackedDatabase) -> np.ndarray:
+    """``(n_queries, N)`` float32 scores against an in-memory, memory-mapped or stacked database (blocks of rows)."""
+    parts = database.parts if isinstance(database, StackedDatabase) else [database]
+    return np.concatenate([similarity_chunked(queries, p) for p in parts], axis=1)

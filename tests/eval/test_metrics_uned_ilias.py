@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from irlib.eval.metrics import top_k_ids, ilias_map_at_k, uned_metrics
+from irlib.eval.metrics import ilias_map_at_k, top_k_ids, uned_metrics
 
 # Index of the merged-protocol case: label 0 exists in domains "a" and "b" (a collision).
 INDEX_LABELS = [0, 0, 1, 1, 0, 2]

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from irlib.data.revisited import RevisitedDataset
+from irlib.data.revisited import Distractors, RevisitedDataset
 from irlib.data.synthetic import DemoConfig, make_demo_data
 from irlib.eval.extract import ExtractConfig
 from irlib.eval.pipeline import evaluate_model, rescore, summary_table
 from irlib.eval.rerank import alpha_dba, superglobal_rerank
 from irlib.eval.revisited import evaluate
+from irlib.eval.shards import extract_sharded
 from irlib.models import create_model
+from tests.data.test_revisited import _distractor_root
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +56,32 @@ def test_reranking_and_dba_plug_into_a_run_and_are_recorded(demo):
     np.testing.assert_array_equal(rescore(again, demo).per_query, plain.per_query)  # back to no reranking
     with pytest.raises(ValueError, match="unknown reranker"):
         rescore(plain, demo, rerank="qe")
+
+
+def test_plus_distractor_features_from_sharded_extraction(demo, tmp_path):
+    cfg = ExtractConfig(image_size=192, scales=(1.0,))
+    model = create_model("gem", backbone="efficientnet_lite0", pretrained=True)
+    distractors = Distractors.from_list(_distractor_root(tmp_path, 12))
+    extract_sharded(model, distractors.paths, tmp_path / "feats", cfg, chunk_size=5, progress=False)
+    with_images = evaluate_model(model, demo.with_distractors(distractors), cfg, progress=False)
+    with_features = evaluate_model(model, demo, cfg, progress=False, distractor_features=tmp_path / "feats")
+    assert with_features.metrics["dataset"] == with_images.metrics["dataset"] == f"{demo.name}+1m"
+    assert with_features.metrics["settings"]["n_db"] == demo.n_db + 12
+    assert with_features.metrics["settings"]["distractor_features"]["n"] == 12
+    # fp16 storage of the distractors is the only difference
+    np.testing.assert_allclose(with_features.scores, with_images.scores, atol=2e-3)
+    np.testing.assert_allclose(with_features.per_query, with_images.per_query, atol=0.5)
+    reranked = rescore(with_features, demo, rerank="superglobal", rerank_params={"M": 20})
+    dense = np.concatenate([with_features.database.parts[0], np.asarray(with_features.database.parts[1], np.float32)])
+    direct = evaluate(demo.gnd, ranks=superglobal_rerank(with_features.queries, dense, M=20).ranks)
+    np.testing.assert_allclose(reranked.per_query["hard"].to_numpy() / 100, direct["hard"]["aps"], atol=1e-12)
+    with pytest.raises(ValueError, match="other settings .image_size."):
+        evaluate_model(
+            model, demo, ExtractConfig(image_size=160, scales=(1.0,)), distractor_features=tmp_path / "feats"
+        )
+    with pytest.raises(ValueError, match="other model weights"):
+        evaluate_model(
+            create_model("gem", backbone="efficientnet_lite0"), demo, cfg, distractor_features=tmp_path / "feats"
+        )
+    with pytest.raises(ValueError, match="not run over distractor features"):
+        rescore(with_features, demo, dba={"k": 2, "alpha": 3.0})
