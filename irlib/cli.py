@@ -1,5 +1,5 @@
 """Command line, ``python -m irlib <command>``: ``download``, ``eval``, ``extract``, ``make-demo-data``, ``summarize``,
-``train``."""
+``sweep``, ``train``."""
 
 from __future__ import annotations
 
@@ -238,6 +238,46 @@ def _run_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="run a notebook with papermill over a parameter grid into OUT/NAME/<point>/ (resumable)"
+    )
+    p.add_argument("notebook", type=Path, help="the parameterised notebook (a cell tagged `parameters`)")
+    p.add_argument("--name", required=True, help="sweep name: the folder under --out")
+    p.add_argument(
+        "-p",
+        "--param",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter and its values (read as YAML); repeat for a grid (cartesian product)",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs"), help="folder of sweeps (default: runs)")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
+    p.add_argument("--cwd", type=Path, help="working folder of the notebook (default: the notebook's folder)")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    import yaml
+
+    from irlib.results.sweep import run_sweep, summary
+
+    grid = {}
+    for name, *values in args.param:
+        if not values:
+            raise ValueError(f"-p {name} needs at least one value")
+        if name in grid:
+            raise ValueError(f"-p {name} is given twice")
+        grid[name] = [yaml.safe_load(v) for v in values]
+    results = run_sweep(args.notebook, args.name, grid, out=args.out, kernel=args.kernel, cwd=args.cwd)
+    print(summary(results).to_string(index=False))
+    failed = [r.name for r in results if r.status == "failed"]
+    if failed:
+        print(f"irlib sweep: {len(failed)} of {len(results)} points failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -300,6 +340,7 @@ _COMMANDS = {
     "extract": _run_extract,
     "make-demo-data": _run_demo,
     "summarize": _run_summarize,
+    "sweep": _run_sweep,
     "train": _run_train,
 }
 
@@ -307,7 +348,7 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="irlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_download, _add_eval, _add_extract, _add_demo, _add_summarize, _add_train):
+    for add in (_add_download, _add_eval, _add_extract, _add_demo, _add_summarize, _add_sweep, _add_train):
         add(sub)
     args = parser.parse_args(argv)
     try:

@@ -23,6 +23,7 @@ from irlib.eval.revisited import PROTOCOLS, evaluate
 from irlib.eval.search import StackedDatabase, database_scores, similarity
 from irlib.eval.shards import load_features, read_meta
 from irlib.io import atomic_path, sha256_file, write_json
+from irlib.results.runs import eval_record, write_run
 
 
 @dataclass
@@ -192,11 +193,13 @@ def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
 
 
 def save_result(result: EvalResult, out: str | os.PathLike) -> None:
-    """Write ``metrics.json`` and ``per_query.csv`` into ``out`` (atomically)."""
+    """Write ``metrics.json``, ``per_query.csv`` and the run record ``run.json`` (:mod:`irlib.results`) into ``out``
+    (atomically)."""
     out = Path(out)
     write_json(out / "metrics.json", result.metrics)
     with atomic_path(out / "per_query.csv") as tmp:
         result.per_query.to_csv(tmp, float_format="%.4f")
+    write_run(out, eval_record(result.metrics, out))
 
 
 def summary_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from irlib.io import sha256_file
+from irlib.results.runs import new_record, write_run
 from irlib.train.config import TrainConfig
-from irlib.train.engine import Trainer
+from irlib.train.engine import MODEL, Trainer
 
 LABELS = "labels.json"
 
@@ -29,6 +33,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 
     The label map (original landmark id -> class index, ids sorted numerically) is saved as ``labels.json`` in
     ``out_dir`` and reused on resume. An existing run is continued with ``resume`` or replaced with ``overwrite``.
+    Rank 0 writes the run record ``run.json`` (:mod:`irlib.results`) at the end.
     """
     from irlib.data.gldv2 import gldv2_train
     from irlib.data.transforms import train_transform
@@ -37,6 +42,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 
     if not cfg.data_dir:
         raise ValueError("the training config has no data_dir (the training set's root folder)")
+    t0 = time.perf_counter()
     started = init_distributed()
     try:
         out = Path(cfg.out_dir)
@@ -52,7 +58,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
             dataset = gldv2_train(cfg.data_dir, exclude=cfg.exclude, transform=transform, label_map=label_map)
         if int(os.environ.get("RANK", "0")) == 0:
             dataset.save_label_map(labels)
-        return Trainer(cfg, dataset, model=model).fit(resume=resume, overwrite=overwrite)
+        result = Trainer(cfg, dataset, model=model).fit(resume=resume, overwrite=overwrite)
+        if int(os.environ.get("RANK", "0")) == 0:
+            weights = out / MODEL
+            record = new_record(
+                "train",
+                out,
+                params=dataclasses.asdict(cfg),
+                metrics=result,
+                dataset={"name": cfg.dataset, "distractors": None, "gnd_sha256": None},
+                weights_sha256=sha256_file(weights) if weights.is_file() else None,
+                seconds=round(time.perf_counter() - t0, 3),
+            )
+            write_run(out, record)
+        return result
     finally:
         if started:
             torch.distributed.destroy_process_group()

@@ -1,0 +1,131 @@
+"""Notebook sweeps: papermill over a parameter grid into ``<out>/<sweep>/<point>/``, resumable.
+
+Each point folder holds the executed notebook, ``point.json`` (name, parameters, status ``done``/``failed``,
+seconds) and, when it failed, ``error.txt``. A point whose ``point.json`` says ``done`` is skipped on a rerun; a
+failed point is run again. ``<out>/<sweep>/sweep.json`` lists the notebook, the grid and its points.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from irlib.io import write_json
+
+POINT_FILE = "point.json"
+ERROR_FILE = "error.txt"
+MANIFEST = "sweep.json"
+
+
+@dataclass
+class PointResult:
+    """The outcome of one grid point: ``status`` is ``done`` (ran now), ``skipped`` (done before) or ``failed``."""
+
+    name: str
+    parameters: dict[str, Any]
+    status: str
+    seconds: float
+    error: str | None = None
+
+
+def grid(parameters: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of the parameter values, the last parameter varying fastest."""
+    names = list(parameters)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*parameters.values())]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def point_name(point: Mapping[str, Any]) -> str:
+    """A deterministic, filesystem-safe folder name: ``backbone=resnet50,lr=0.01`` (other characters -> ``_``)."""
+    return ",".join(re.sub(r"[^\w.+=@-]", "_", f"{k}={_text(v)}") for k, v in point.items()) or "default"
+
+
+def _short(err: BaseException) -> str:
+    """The exception's type and the last line of its message (papermill ends with the cell's error)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1].strip()}" if lines else type(err).__name__
+
+
+def run_sweep(
+    notebook: str | os.PathLike,
+    sweep: str,
+    parameters: Mapping[str, Sequence[Any]],
+    *,
+    out: str | os.PathLike = "runs",
+    kernel: str = "python3",
+    cwd: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> list[PointResult]:
+    """Execute ``notebook`` once per grid point into ``out/sweep/<point>/``, skipping points already done.
+
+    The notebook gets the point's parameters and ``out_dir`` (the absolute point folder); it runs in ``cwd``
+    (default: the notebook's folder). A failing point is recorded and the sweep goes on.
+    """
+    import papermill
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"no notebook {notebook}")
+    points = grid(parameters)
+    names = [point_name(p) for p in points]
+    if len(set(names)) != len(names):
+        raise ValueError(f"parameter values give clashing folder names: {names}")
+    root = Path(out) / sweep
+    write_json(
+        root / MANIFEST,
+        {
+            "notebook": str(notebook),
+            "parameters": {k: list(v) for k, v in parameters.items()},
+            "points": [{"name": n, "parameters": p} for n, p in zip(names, points, strict=True)],
+        },
+    )
+    results = []
+    for name, point in zip(names, points, strict=True):
+        folder = root / name
+        record = folder / POINT_FILE
+        if record.is_file() and json.loads(record.read_text()).get("status") == "done":
+            log(f"{name}: done before, skipped")
+            results.append(PointResult(name, point, "skipped", 0.0))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ERROR_FILE).unlink(missing_ok=True)
+        log(f"{name}: running")
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(folder / notebook.name),
+                parameters={**point, "out_dir": str(folder.resolve())},
+                kernel_name=kernel,
+                cwd=str(cwd if cwd is not None else notebook.parent),
+                progress_bar=False,
+            )
+            result = PointResult(name, point, "done", round(time.perf_counter() - t0, 3))
+        except Exception as err:  # any failure of the point is reported and the sweep continues
+            (folder / ERROR_FILE).write_text("".join(traceback.format_exception(err)))
+            result = PointResult(name, point, "failed", round(time.perf_counter() - t0, 3), _short(err))
+            log(f"{name}: failed ({result.error}), see {folder / ERROR_FILE}")
+        write_json(record, {"name": name, "parameters": point, "status": result.status, "seconds": result.seconds})
+        results.append(result)
+    return results
+
+
+def summary(results: Sequence[PointResult]) -> pd.DataFrame:
+    """Point, status and seconds per point."""
+    return pd.DataFrame(
+        [{"point": r.name, "status": r.status, "seconds": r.seconds} for r in results],
+        columns=["point", "status", "seconds"],
+    )
