@@ -260,7 +260,6 @@ def multiscale_descriptor(
     return F.normalize(total, dim=-1)
 
 
-@torch.inference_mode()
 def extract_descriptors(
     model: nn.Module,
     paths: Sequence[str | os.PathLike],
@@ -287,7 +286,9 @@ def extract_descriptors(
     images = _Images([Path(p) for p in paths], boxes, cfg, data_config["mean"], data_config["std"], dataset)
     loader = DataLoader(images, batch_size=None, num_workers=cfg.num_workers)
     out = np.empty((len(paths), model.feat_dim), dtype=np.float16 if cfg.fp16 else np.float32)
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+    # Only the forward passes run in inference mode: parameters moved or re-laid out inside it would become
+    # inference tensors, and the model could not be trained (or explained with gradients) afterwards.
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar, torch.inference_mode():
         for idx, xs in _same_size_batches(iter(loader), cfg.resolved_batch_size()):
             d = multiscale_descriptor(
                 model,

@@ -132,3 +132,12 @@ def test_models_with_5d_weights_extract_without_channels_last(tiny_revisited):
     model = create_model("senet", backbone="resnet18")
     out = extract_descriptors(model, ds.db_paths[:2], cfg=ExtractConfig(image_size=64, scales=(1.0,)), progress=False)
     assert out.shape == (2, model.feat_dim) and np.isfinite(out).all()
+
+
+def test_the_model_stays_trainable_after_extraction(tiny_revisited, model):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    extract_descriptors(model, ds.db_paths[:2], cfg=ExtractConfig(image_size=64, scales=(1.0,)), progress=False)
+    assert not any(p.is_inference() for p in model.parameters())
+    loss = model(torch.rand(1, 3, 64, 64)).sum()
+    loss.backward()  # inference tensors would refuse to take part in autograd
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
