@@ -21,15 +21,19 @@ venv: $(STAMP)
 ## make demo: demo data (once); notebook 01 inspects it and finds the training landmarks planted in the test set
 ## (exclusion file); the offline-pretrained and a random-init GeM/EfficientNet-Lite0 evaluated through notebook 03;
 ## the pretrained model fine-tuned on the cleaned demo training split through notebook 02 (mAP before and after);
-## all with papermill into runs/demo-<timestamp>/, printed side by side.
+## figures of the pretrained against the fine-tuned model (notebook 04) and the comparison table with provenance
+## (notebook 05, LaTeX + Markdown in figures/); all with papermill into runs/demo-<timestamp>/, printed side by side.
 demo: $(STAMP)
 	$(BIN)/python -m irlib make-demo-data --out data/demo
-	@mkdir -p $(RUN)/inspection $(RUN)/pretrained $(RUN)/random-init $(RUN)/fine-tuned
+	@mkdir -p $(RUN)/inspection $(RUN)/pretrained $(RUN)/random-init $(RUN)/fine-tuned $(RUN)/figures
 	$(PM) notebooks/01_dataset_inspection.ipynb $(RUN)/inspection/01_dataset_inspection.ipynb -p out_dir ../$(RUN)/inspection
 	$(PM) notebooks/03_evaluation.ipynb $(RUN)/pretrained/03_evaluation.ipynb -p pretrained True -p out_dir ../$(RUN)/pretrained
 	$(PM) notebooks/03_evaluation.ipynb $(RUN)/random-init/03_evaluation.ipynb -p pretrained False -p out_dir ../$(RUN)/random-init
 	$(PM) notebooks/02_training.ipynb $(RUN)/fine-tuned/02_training.ipynb -p out_dir ../$(RUN)/fine-tuned/run \
 		-p exclude ../$(RUN)/inspection/exclusions_demo-train.txt
+	$(PM) notebooks/04_visualization.ipynb $(RUN)/figures/04_visualization.ipynb \
+		-p weights_b ../$(RUN)/fine-tuned/run/model.pth -p rerank_b "" -p name_b "GeM fine-tuned"
+	$(PM) notebooks/05_comparison_table.ipynb $(RUN)/figures/05_comparison_table.ipynb -p runs_dir ../$(RUN)
 	$(BIN)/python -m irlib summarize $(RUN)
 
 ## make test: unit and integration tests, then every notebook executed with its default parameters (nbval).

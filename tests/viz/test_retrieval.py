@@ -113,19 +113,23 @@ def test_ap_difference_bars_sorted_and_coloured_by_sign():
     assert ax.get_title() == "hard: dolg better on 1 of 3"
 
 
-def test_embedding_scatter_has_every_point_coloured_by_label():
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_embedding_scatter_has_every_point_coloured_by_label(method):
     rng = np.random.default_rng(0)
-    labels = ["all_souls"] * 5 + ["radcliffe"] * 7
-    x = np.r_[rng.normal(0, 0.1, (5, 16)) + 3, rng.normal(0, 0.1, (7, 16))]
+    labels = ["all_souls"] * 20 + ["radcliffe"] * 25
+    x = np.r_[rng.normal(0, 0.1, (20, 16)) + 3, rng.normal(0, 0.1, (25, 16))]
     with paper_style():
-        fig = plot_embedding(x, labels, method="pca")
+        fig = plot_embedding(x, labels, method=method, perplexity=10)
     ax = fig.axes[0]
-    assert [len(c.get_offsets()) for c in ax.collections] == [5, 7]
+    assert [len(c.get_offsets()) for c in ax.collections] == [20, 25]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["all_souls", "radcliffe"]
     colors = [tuple(c.get_facecolor()[0]) for c in ax.collections]
     assert colors[0] != colors[1]
-    # the two landmarks separate along the first principal axis
-    first, second = (c.get_offsets()[:, 0] for c in ax.collections)
-    assert first.min() > second.max() or first.max() < second.min()
+    # the two landmarks stay apart: every point is nearer its own landmark's centre than the other one's
+    first, second = (np.asarray(c.get_offsets()) for c in ax.collections)
+    for own, other in ((first, second), (second, first)):
+        d_own = np.linalg.norm(own - own.mean(0), axis=1)
+        d_other = np.linalg.norm(own - other.mean(0), axis=1)
+        assert (d_own < d_other).all()
     with pytest.raises(ValueError, match="unknown method"):
         plot_embedding(x, labels, method="umap")
