@@ -29,11 +29,11 @@ from typing import Any
 
 import pandas as pd
 
+from irlib.eval.revisited import PROTOCOLS
 from irlib.io import write_json
 
 RUN_FILE = "run.json"
 LEGACY_FILE = "metrics.json"
-PROTOCOLS = ("easy", "medium", "hard")
 COLUMNS = (
     "id",
     "kind",

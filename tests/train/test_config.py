@@ -48,6 +48,8 @@ def test_uned_training_runs_from_its_info_files(tmp_path):
     import numpy as np
     from PIL import Image
 
+    from irlib.io import sha256_file
+    from irlib.results import load_runs
     from irlib.train.run import train
 
     for domain in ("cars", "sop"):
@@ -76,3 +78,5 @@ def test_uned_training_runs_from_its_info_files(tmp_path):
     )
     assert train(cfg)["step"] == 2
     assert json.loads((tmp_path / "run" / "labels.json").read_text())["num_classes"] == 4  # 2 classes x 2 domains
+    record = load_runs(tmp_path / "run", kind="train").iloc[0]  # the run record of a training
+    assert record["weights_sha256"] == sha256_file(tmp_path / "run" / "model.pth") and record["step"] == 2
