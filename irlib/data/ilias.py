@@ -146,11 +146,13 @@ def read_id_files(id_dir: str | os.PathLike) -> IliasIdFiles:
 
 
 def _id_rows(path: Path, *, min_fields: int, max_fields: int | None = None) -> Iterable[tuple[int, list[str]]]:
-    """Non-blank CSV rows of an id file with their line numbers; checks the field count and unique ids."""
+    """Non-blank CSV rows of an id file (gzipped when named ``*.gz``) with their line numbers; checks the field count
+    and unique ids."""
     if not path.is_file():
         raise FileNotFoundError(f"ILIAS id file {path} is missing")
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -251,20 +253,11 @@ def _scan(root: Path, instance: str, kind: str) -> tuple[list[IliasImage], list[
 
 
 def _read_distractors(path: Path, core: list[IliasImage]) -> tuple[str, ...]:
-    """Distractor ids, one per line, checked for duplicates and overlap with the core images."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    """Distractor ids, one per line (plain or gzipped), checked for duplicates and overlap with the core images."""
     core_ids = {c.id for c in core}
-    first_line: dict[str, int] = {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            image_id = line.strip()
-            if not image_id:
-                continue
-            if image_id in first_line:
-                raise ValueError(
-                    f"{path}:{line_no}: {image_id!r} is listed twice (lines {first_line[image_id]} and {line_no})"
-                )
-            if image_id in core_ids:
-                raise ValueError(f"{path}:{line_no}: {image_id!r} is a core image, not a distractor")
-            first_line[image_id] = line_no
-    return tuple(first_line)
+    ids = []
+    for line_no, (image_id,) in _id_rows(path, min_fields=1, max_fields=1):
+        if image_id in core_ids:
+            raise ValueError(f"{path}:{line_no}: {image_id!r} is a core image, not a distractor")
+        ids.append(image_id)
+    return tuple(ids)
