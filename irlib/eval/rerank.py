@@ -541,6 +541,9 @@ def rerank_scores(
     result = SHORTLIST_RERANKERS[method](Q, sub, ranks=local_ranks, **params)
     head = ids[result.ranks[: top.shape[1]].T]  # (n_q, M') database ids in reranked order
     out = scores.copy()
-    above = np.float32(np.ceil(scores.max(initial=0.0)) + 1.0)
-    np.put_along_axis(out, head, above + np.arange(head.shape[1], 0, -1, dtype=np.float32), axis=1)
+    # The head takes the next M' float32 values above each query's (positive) maximum, one ulp apart, so the
+    # evaluator's score histogram keeps its resolution for the rest of the ranking.
+    top_score = scores.max(axis=1, keepdims=True, initial=np.finfo(np.float32).tiny)
+    head_bits = top_score.view(np.int32) + np.arange(head.shape[1], 0, -1, dtype=np.int32)
+    np.put_along_axis(out, head, head_bits.view(np.float32), axis=1)
     return out
