@@ -3,21 +3,26 @@
 ``python -m irlib download roxford5k --root data`` (or :func:`download`) fetches every file of a dataset into the
 layout the loaders of :mod:`irlib.data` read. One file (:func:`fetch`) is written to ``<dest>.part`` and renamed to
 ``<dest>`` only after its size and checksum check out. An interrupted transfer resumes from the ``.part`` with an
-HTTP ``Range`` request (a server that ignores ``Range`` makes it start again from zero); network errors, timeouts
-and HTTP 5xx/408/429 answers are retried with exponential backoff; other HTTP errors (404, ...) stop at once. A
-checksum mismatch deletes the ``.part`` and downloads the file again; if the last attempt still mismatches,
-:class:`ChecksumError` names the URL, the file and both digests. When the retries run out on network errors the
-``.part`` is kept, so the next run resumes.
+HTTP ``Range`` request guarded by ``If-Range``: the server's ETag (or Last-Modified) of the first response is kept
+in ``<dest>.part.json``, so a file that changed on the server since is sent whole and the download starts again
+from zero instead of joining two versions (so does a server that ignores ``Range``). A ``.part`` without a known
+validator is resumed only when a checksum will verify the result; otherwise it is downloaded again from zero.
+Network errors (TLS errors included), timeouts and HTTP 5xx/408/429 answers are retried with exponential backoff;
+other HTTP errors (404, ...) and certificates that do not verify stop at once. A checksum mismatch deletes the
+``.part`` and downloads the file again; if the last attempt still mismatches, :class:`ChecksumError` names the URL,
+the file and both digests. When the retries run out on network errors the ``.part`` is kept, so the next run
+resumes.
 
 What each file is checked against:
 
 - ``gnd_roxford5k.pkl`` / ``gnd_rparis6k.pkl``: a SHA-256 recorded here (see :data:`GND_SHA256`).
 - Google Landmarks v2 tarballs: the MD5 that Google publishes for each of them (``md5sum/<split>/md5.<tar>.txt``).
-- Everything else (Oxford/Paris image tarballs, revisitop1m list and tarballs, GLDv2 CSVs, UnED ``info_files.zip``)
-  has no published checksum. These are trusted on first use: the first download is checked only against the
-  length the server announces, and its SHA-256 is then recorded in ``<root>/.irlib-downloads.json``; a later
-  download of the same file (after it was deleted, or from a mirror) must match the recorded digest. This catches
-  a changed or corrupted file on a later download, not a file that was already wrong the first time.
+- Everything else (Oxford/Paris image tarballs, revisitop1m list and tarballs, GLDv2 CSVs, UnED ``info_files.zip``,
+  ILIAS ``ilias_core.tar`` and id lists) has no checksum known to irlib. These are trusted on first use: the first
+  download is checked only against the length the server announces, and its SHA-256 is then recorded in
+  ``<root>/.irlib-downloads.json``; a later download of the same file (after it was deleted, or from a mirror) must
+  match the recorded digest. This catches a changed or corrupted file on a later download, not a file that was
+  already wrong the first time; resuming such a file needs the server's validator (see above).
 
 Archives (``.tgz``, ``.tar``, ``.tar.gz``, ``.zip``) are unpacked into a temporary folder inside their target folder
 and then moved into place; members with absolute paths, ``..`` or anything other than regular files and folders
@@ -34,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import tarfile
 import tempfile
 import time
@@ -73,7 +79,10 @@ MANIFEST = ".irlib-downloads.json"
 _CHUNK = 1 << 20
 _USER_AGENT = "irlib-download/1"
 _RETRY_STATUS = {408, 429}
-_TRANSIENT = (urllib.error.URLError, ConnectionError, http.client.HTTPException, TimeoutError)
+# Network failures worth another attempt. ConnectionError covers resets and aborts, HTTPException covers
+# IncompleteRead and RemoteDisconnected, ssl.SSLError a TLS record broken mid-transfer. A certificate that does not
+# verify is not transient (see _retrying); other OSErrors (a full disk, ...) are not network errors.
+_TRANSIENT = (urllib.error.URLError, ConnectionError, http.client.HTTPException, TimeoutError, ssl.SSLError)
 _ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error)
 
 T = TypeVar("T")
@@ -139,6 +148,8 @@ _REVISITOP = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data"
 _R1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
 _GLD = "https://s3.amazonaws.com/google-landmark"
+_ILIAS = "https://vrg.fel.cvut.cz/ilias_data"  # ilias-vrg/ilias download/download_ilias.sh
+_ILIAS_IDS = ("image_query_ids.txt", "text_query_ids.txt", "positive_ids.txt")
 
 
 def _gnd(name: str) -> Resource:
@@ -188,6 +199,10 @@ DATASETS: dict[str, tuple[Resource, ...]] = {
         *_gldv2_tars("test", 20),
     ),
     "uned-info": (_archive("https://cmp.felk.cvut.cz/univ_emb/info_files.zip", "uned"),),
+    "ilias": (
+        _archive(f"{_ILIAS}/ilias_core.tar", "ilias"),
+        *(Resource(f"{_ILIAS}/image_ids/{name}", f"ilias/image_ids/{name}") for name in _ILIAS_IDS),
+    ),
 }
 """The downloadable datasets: name -> its files (destinations relative to the download root)."""
 
@@ -198,6 +213,7 @@ _ABOUT = {
     "gldv2-clean": "GLDv2 train split (500 tarballs of about 1 GB, MD5-checked) with train_clean.csv and train.csv",
     "gldv2-retrieval": "GLDv2 index (100 tarballs) and test (20) splits, index.csv, test.csv, retrieval solution",
     "uned-info": "UnED info_files (split lists); the images come from each domain's own source",
+    "ilias": "ILIAS core (ilias_core.tar into ilias_core/) and the image_ids/ lists; not the 100M YFCC100M distractors",
 }
 
 
@@ -244,18 +260,22 @@ def fetch(
             raise ChecksumError(f"{dest} exists but its {problem}; delete it (or use force) to download it again")
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = _Part(dest.with_name(dest.name + ".part"))
+    verified = sha256 is not None or md5 is not None
 
     def attempt() -> str:
-        hashes = _transfer(url, part, md5=md5 is not None, timeout=timeout, progress=progress, label=dest.name)
-        problem = _mismatch(part.stat().st_size, hashes, sha256=sha256, md5=md5, size=size)
+        hashes = _transfer(
+            url, part, md5=md5 is not None, verified=verified, timeout=timeout, progress=progress, label=dest.name
+        )
+        problem = _mismatch(part.path.stat().st_size, hashes, sha256=sha256, md5=md5, size=size)
         if problem is not None:
-            part.unlink()
+            part.discard()
             raise ChecksumError(f"{url}: the download of {dest} is wrong: its {problem}")
-        os.replace(part, dest)
+        os.replace(part.path, dest)
+        part.validator_file.unlink(missing_ok=True)
         return hashes.sha256.hexdigest()
 
-    return Fetched(dest, _retrying(url, attempt, retries=retries, backoff=backoff, part=part), reused=False)
+    return Fetched(dest, _retrying(url, attempt, retries=retries, backoff=backoff, part=part.path), reused=False)
 
 
 def download(
@@ -434,13 +454,62 @@ def _mismatch(
     return None
 
 
-def _transfer(url: str, part: Path, *, md5: bool, timeout: float, progress: bool, label: str) -> _Hashes:
+_VALIDATORS = ("etag", "last_modified")
+
+
+class _Part:
+    """A partial download ``<dest>.part`` and ``<dest>.part.json``, the server's validator of the bytes it holds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.validator_file = path.with_name(path.name + ".json")
+
+    def validator(self) -> dict[str, str]:
+        """The recorded ``etag`` / ``last_modified`` (empty when none was recorded or the file is unreadable)."""
+        try:
+            data = json.loads(self.validator_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if k in _VALIDATORS and isinstance(v, str)}
+
+    def record(self, validator: dict[str, str]) -> None:
+        if validator:
+            write_json(self.validator_file, validator)
+        else:
+            self.validator_file.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.validator_file.unlink(missing_ok=True)
+
+
+def _validator(headers: Any) -> dict[str, str]:
+    """The validators of a response usable in ``If-Range``: a strong ETag and the Last-Modified date."""
+    etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+    found = {"etag": etag if etag and not etag.startswith("W/") else None, "last_modified": modified}
+    return {k: v for k, v in found.items() if v}
+
+
+def _transfer(
+    url: str, part: _Part, *, md5: bool, verified: bool, timeout: float, progress: bool, label: str
+) -> _Hashes:
     """One HTTP request that completes ``part`` (resuming it when it exists); the hashes of the whole file.
 
-    Raises :class:`ConnectionError` when the connection closes before the announced length.
+    A resume sends ``If-Range`` with the part's recorded validator. Without one, the part is resumed only when
+    ``verified`` (a checksum will catch two versions joined together); otherwise it is discarded. Raises
+    :class:`ConnectionError` when the connection closes before the announced length or a resumed file changed.
     """
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": _USER_AGENT} | ({"Range": f"bytes={offset}-"} if offset else {})
+    offset = part.path.stat().st_size if part.path.exists() else 0
+    known = part.validator()
+    if_range = known.get("etag") or known.get("last_modified")
+    if offset and not if_range and not verified:
+        part.discard()
+        offset = 0
+    headers = {"User-Agent": _USER_AGENT}
+    if offset:
+        headers |= {"Range": f"bytes={offset}-"} | ({"If-Range": if_range} if if_range else {})
     hashes = _Hashes(md5=md5)
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
@@ -450,24 +519,28 @@ def _transfer(url: str, part: Path, *, md5: bool, timeout: float, progress: bool
         total = _content_range(err.headers.get("Content-Range"))[1]
         err.close()
         if total is not None and total != offset:
-            part.unlink()
+            part.discard()
             raise ConnectionError(f"the server's file has {total} bytes, the partial download {offset}") from None
-        hashes.update_file(part)  # "range not satisfiable" at the end of the file: the part is complete
+        hashes.update_file(part.path)  # "range not satisfiable" at the end of the file: the part is complete
         return hashes
     with response:
         start, total = _content_range(response.headers.get("Content-Range"))
         if response.status == 206 and start != offset:
-            part.unlink()
+            part.discard()
             raise ConnectionError(f"asked for bytes from {offset}, the server sent them from {start}")
-        if response.status != 206:  # a whole file (the server ignored Range): start again from zero
+        got = _validator(response.headers)
+        if response.status == 206 and any(known.get(k, v) != v for k, v in got.items()):
+            part.discard()  # a server that ignored If-Range but not Range
+            raise ConnectionError(f"the file changed on the server since the partial download ({known} -> {got})")
+        if response.status != 206:  # a whole file (the server ignored Range, or If-Range failed): start again
             offset = 0
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
         if offset:
-            hashes.update_file(part)
+            hashes.update_file(part.path)
         received = offset
         with (
-            open(part, "ab" if offset else "wb") as f,
+            open(part.path, "ab" if offset else "wb") as f,
             tqdm(
                 total=total,
                 initial=offset,
@@ -478,6 +551,8 @@ def _transfer(url: str, part: Path, *, md5: bool, timeout: float, progress: bool
                 disable=not progress,
             ) as bar,
         ):
+            if not offset:
+                part.record(got)  # after truncating the part, so the record never vouches for older bytes
             while block := response.read(_CHUNK):
                 f.write(block)
                 hashes.update(block)
@@ -510,6 +585,9 @@ def _retrying(url: str, attempt: Callable[[], T], *, retries: int, backoff: floa
                 raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
             last: Exception = err
         except (ChecksumError, *_TRANSIENT) as err:
+            cause = err.reason if isinstance(err, urllib.error.URLError) else err
+            if isinstance(cause, ssl.SSLCertVerificationError):  # another attempt would fail the same way
+                raise DownloadError(f"{url}: {cause}") from err
             last = err
         if i < retries:
             time.sleep(min(backoff * 2**i, 60.0))

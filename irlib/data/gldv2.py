@@ -354,10 +354,13 @@ def gldv2_retrieval_solution(
 ) -> dict[str, list[str]]:
     """Read ``retrieval_solution_v2.1.csv`` (``id,images,Usage``) into ``{test id: [relevant index ids]}``.
 
-    Like DELF's ``ReadSolution``, ``Ignored`` rows are skipped; so are rows whose images field is ``None`` or empty
-    (they have no ground truth). Only rows whose Usage is in ``usage`` are kept. The result feeds
-    :func:`irlib.eval.metrics.gldv2_map_at_k`. Malformed rows (field count, ids, Usage tag, a test id listed twice)
-    raise ValueError naming the file and line.
+    As in DELF's ``ReadSolution``, ``Ignored`` rows are skipped without reading their images field (``None`` in the
+    official file, whose README documents ``None`` only "if this image is ignored"), and every Public and Private
+    row is a query. Only rows whose Usage is in ``usage`` are returned. The result feeds
+    :func:`irlib.eval.metrics.gldv2_map_at_k`. Malformed rows raise ValueError naming the file and line: field count,
+    ids, Usage tag, a test id listed twice, and a Public/Private row whose images field is ``None`` or empty (DELF
+    does not check this; it would score such a query against the literal id ``None`` or ``''``, i.e. always 0),
+    whatever ``usage`` asks for.
     """
     path = Path(path)
     wanted = set(usage)
@@ -377,12 +380,18 @@ def gldv2_retrieval_solution(
         if test_id in seen:
             raise ValueError(f"{path}:{line}: test id {test_id} is listed twice")
         seen.add(test_id)
-        if tag == "Ignored" or tag not in wanted or images in ("", "None"):
+        if tag == "Ignored":
             continue
+        if images in ("", "None"):
+            raise ValueError(
+                f"{path}:{line}: a {tag} row must list its relevant index ids, got {images or 'an empty field'!r} "
+                "(the official solution has None only in Ignored rows)"
+            )
         ids = images.split(" ")
         if not all(_ID_RE.fullmatch(i) for i in ids):
             _bad_id_row(images, path, line)
-        out[test_id] = ids
+        if tag in wanted:
+            out[test_id] = ids
     return out
 
 
@@ -400,8 +409,8 @@ def gldv2_index_test(root: str | os.PathLike) -> tuple[list[str], list[str]]:
 class GLDv2Retrieval:
     """The GLDv2 retrieval benchmark: ``index_ids`` (database), the ``solution`` queries and their relevant index ids.
 
-    ``query_ids`` are the test ids with ground truth (``Ignored`` and ``None`` rows of the solution left out), in
-    solution-file order; the other test images are never scored (DELF ``ReadSolution``).
+    ``query_ids`` are the Public/Private test ids of the solution (``Ignored`` rows left out), in solution-file
+    order; the other test images are never scored (DELF ``ReadSolution``).
     """
 
     root: Path

@@ -93,7 +93,21 @@ class RevisitedDataset:
         return self.root / f"gnd_{self.name}.pkl"
 
     def with_distractors(self, distractors: Distractors) -> RevisitedDataset:
-        """This test set with ``distractors`` appended to its database (ROxf+1M, RPar+1M)."""
+        """This test set with ``distractors`` appended to its database (ROxf+1M, RPar+1M).
+
+        Raises ValueError when a distractor path is one of this set's query or database images (paths compared
+        after lexical normalisation, so ``a/../jpg/x.jpg`` counts; the same image under another name is not seen).
+        """
+        own = [self.image_path(n) for n in self.imlist + self.qimlist]
+        names, resolved = {p.name for p in own}, {os.path.abspath(p) for p in own}
+        # Only distractors with the file name of a test image are normalised: cheap for a million of them.
+        clashes = [p for p in distractors.paths if p.name in names and os.path.abspath(p) in resolved]
+        if clashes:
+            shown = ", ".join(map(str, clashes[:5])) + (", ..." if len(clashes) > 5 else "")
+            raise ValueError(
+                f"{len(clashes)} distractor(s) of {distractors.name!r} are query or database images of {self.label}: "
+                f"{shown}; distractors must be other images (every one counts as a negative for every query)"
+            )
         return replace(self, distractors=tuple(distractors.paths), distractor_name=distractors.name)
 
     @property
@@ -126,7 +140,12 @@ class RevisitedDataset:
         return [self.image_path(n) for n in self.qimlist]
 
     def load_db_image(self, i: int) -> Image.Image:
-        return load_image(self.image_path(self.imlist[i]), dataset=self.name)
+        """Database image ``i`` (``0 <= i < n_db``) as RGB, in ``db_paths`` order: ``imlist``, then distractors."""
+        if not 0 <= i < self.n_db:
+            raise IndexError(f"database index {i} is outside [0, {self.n_db}) of {self.label}")
+        n = len(self.imlist)
+        path = self.image_path(self.imlist[i]) if i < n else self.distractors[i - n]
+        return load_image(path, dataset=self.label)
 
     def load_query(self, i: int, *, crop: bool = True, crop_mode: CropMode = "round") -> Image.Image:
         """Query ``i`` as RGB, cropped to its box unless ``crop=False``."""

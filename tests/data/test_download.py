@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import io
 import json
 import re
+import ssl
 import tarfile
 import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from irlib.data.download import (
     extract_archive,
     fetch,
 )
+from irlib.data.ilias import IliasDataset
 from irlib.io import sha256_file
 from tests.conftest import shared_path
 
@@ -45,15 +50,30 @@ class Fault:
     unavailable: int = 0  # the first requests answered 503
     corrupt: int = 0  # the first requests served with one byte flipped
     ignore_range: bool = False  # always answer 200 with the whole file
+    validator: str = "etag"  # what identifies the version: "etag", "last-modified" (and a weak ETag) or "none"
+    ignore_if_range: bool = False  # honour Range even when If-Range names another version (non-compliant)
+
+
+@dataclass
+class Request:
+    """One logged request and the status it was answered with."""
+
+    path: str
+    range: str | None
+    if_range: str | None
+    status: int = 0
 
 
 class FileServer:
-    """In-memory files on 127.0.0.1 with Range support, fault injection and a log of ``(path, Range)`` requests."""
+    """In-memory files on 127.0.0.1 with Range and If-Range support, fault injection and a log of requests.
+
+    A file's ETag and Last-Modified are derived from its content, so replacing ``files[path]`` makes a new version.
+    """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, Fault] = {}
-        self.requests: list[tuple[str, str | None]] = []
+        self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -67,7 +87,19 @@ class FileServer:
 
     def ranges(self, path: str) -> list[str | None]:
         """The Range header of every request for ``path`` (``None``: no Range)."""
-        return [r for p, r in self.requests if p == path]
+        return [r.range for r in self.requests if r.path == path]
+
+    def statuses(self, path: str) -> list[int]:
+        return [r.status for r in self.requests if r.path == path]
+
+    def validators(self, path: str) -> dict[str, str]:
+        """The ``ETag`` and ``Last-Modified`` headers of the current version of ``path``."""
+        digest = hashlib.sha256(self.files[path]).hexdigest()
+        modified = email.utils.formatdate(int(digest[:8], 16), usegmt=True)
+        return {
+            "etag": {"etag": f'"{digest[:16]}"'},
+            "last-modified": {"etag": f'W/"{digest[:16]}"', "last-modified": modified},
+        }.get(self.faults[path].validator, {})
 
     def close(self) -> None:
         self._httpd.shutdown()
@@ -80,22 +112,32 @@ class FileServer:
             def log_message(self, *args) -> None:
                 pass
 
+            def send_response(self, code: int, message: str | None = None) -> None:
+                self.logged.status = code
+                super().send_response(code, message)
+
             def do_GET(self) -> None:
                 path, rng = urllib.parse.urlsplit(self.path).path, self.headers.get("Range")
+                self.logged = Request(path, rng, self.headers.get("If-Range"))
                 with server._lock:
                     n = len(server.ranges(path))
-                    server.requests.append((path, rng))
+                    server.requests.append(self.logged)
                 if path not in server.files:
                     self.send_error(404)
                     return
-                data, fault = server.files[path], server.faults[path]
+                data, fault, validators = server.files[path], server.faults[path], server.validators(path)
                 if n < fault.unavailable:
                     self.send_error(503)
                     return
                 if n < fault.corrupt:
                     data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                current = fault.ignore_if_range or self.logged.if_range in (
+                    None,
+                    validators.get("etag"),
+                    validators.get("last-modified"),
+                )
                 start = 0
-                if rng and not fault.ignore_range:
+                if rng and not fault.ignore_range and current:
                     start = int(re.fullmatch(r"bytes=(\d+)-", rng)[1])
                     if start >= len(data):
                         self.send_response(416)
@@ -106,6 +148,12 @@ class FileServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 else:
                     self.send_response(200)
+                for name, value in (
+                    ("ETag", validators.get("etag")),
+                    ("Last-Modified", validators.get("last-modified")),
+                ):
+                    if value:
+                        self.send_header(name, value)
                 body = data[start:]
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -164,6 +212,101 @@ def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
     fetch(url, tmp_path / "f.bin", sha256=_sha(data), **FAST)
     assert server.ranges("/f.bin") == [None, "bytes=30000-"]  # asked to resume, got the whole file
     assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def _changed(data: bytes) -> bytes:
+    """Another version of ``data``, of the same length, differing in every byte."""
+    return bytes((b + 1) % 256 for b in data)
+
+
+@pytest.mark.parametrize("validator", ["etag", "last-modified"])
+def test_a_part_of_an_older_version_is_not_joined_to_the_changed_file(server, tmp_path, monkeypatch, validator):
+    old, new = _payload(), _changed(_payload())
+    url = server.serve("/f.bin", old, interrupt_after=30_000, validator=validator)
+    sent = server.validators("/f.bin")
+    monkeypatch.setitem(DATASETS, "toy", (Resource(url, "toy/f.bin"),))  # no checksum: trust on first use
+    with pytest.raises(DownloadError, match="is kept, run again to resume"):
+        download("toy", tmp_path, log=None, retries=0, **FAST)
+    assert (tmp_path / "toy/f.bin.part").stat().st_size == 30_000
+    server.files["/f.bin"] = new
+    download("toy", tmp_path, log=None, retries=0, **FAST)
+    assert (tmp_path / "toy/f.bin").read_bytes() == new
+    resume = server.requests[-1]
+    assert resume.range == "bytes=30000-" and resume.status == 200  # If-Range failed: the whole new file
+    assert resume.if_range == (sent["etag"] if validator == "etag" else sent["last-modified"])  # never a weak ETag
+    assert json.loads((tmp_path / MANIFEST).read_text())["files"]["toy/f.bin"]["sha256"] == _sha(new)
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == ["f.bin"]
+
+
+@pytest.mark.parametrize("validator", ["etag", "last-modified"])
+def test_an_unchanged_file_resumes_with_if_range(server, tmp_path, validator):
+    data = _payload()
+    url = server.serve("/f.bin", data, interrupt_after=30_000, validator=validator)
+    fetch(url, tmp_path / "f.bin", retries=1, **FAST)
+    assert server.ranges("/f.bin") == [None, "bytes=30000-"] and server.statuses("/f.bin") == [200, 206]
+    assert server.requests[-1].if_range is not None
+    assert (tmp_path / "f.bin").read_bytes() == data and list(tmp_path.iterdir()) == [tmp_path / "f.bin"]
+
+
+def test_without_a_validator_only_a_checksummed_part_resumes(server, tmp_path):
+    data = _payload()
+    a, b = (server.serve(p, data, interrupt_after=30_000, validator="none") for p in ("/a.bin", "/b.bin"))
+    fetch(a, tmp_path / "a.bin", retries=1, **FAST)  # nothing can tell which version the part holds: start again
+    assert server.ranges("/a.bin") == [None, None] and (tmp_path / "a.bin").read_bytes() == data
+    fetch(b, tmp_path / "b.bin", sha256=_sha(data), retries=1, **FAST)  # the checksum would catch a joined file
+    assert server.ranges("/b.bin") == [None, "bytes=30000-"] and server.requests[-1].if_range is None
+    assert (tmp_path / "b.bin").read_bytes() == data
+
+
+def test_a_server_ignoring_if_range_is_caught_by_the_changed_etag(server, tmp_path):
+    old, new = _payload(), _changed(_payload())
+    url = server.serve("/f.bin", old, interrupt_after=30_000, ignore_if_range=True)
+    with pytest.raises(DownloadError):
+        fetch(url, tmp_path / "f.bin", retries=0, **FAST)
+    server.files["/f.bin"] = new
+    fetch(url, tmp_path / "f.bin", retries=1, **FAST)
+    assert server.ranges("/f.bin") == [None, "bytes=30000-", None] and server.statuses("/f.bin") == [200, 206, 200]
+    assert (tmp_path / "f.bin").read_bytes() == new
+
+
+def test_a_tls_error_mid_transfer_is_retried_and_resumed(server, tmp_path, monkeypatch):
+    data = _payload()
+    url = server.serve("/f.bin", data)
+    real_urlopen = urllib.request.urlopen
+    opened = []
+
+    def flaky_urlopen(request, *, timeout):
+        response = real_urlopen(request, timeout=timeout)
+        opened.append(response)
+        if len(opened) == 1:  # the first response breaks after 30,000 bytes, as a corrupted TLS record would
+            real_read, reads = response.read, []
+
+            def read(n=-1):
+                reads.append(n)
+                if len(reads) > 1:
+                    raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed")
+                return real_read(30_000)
+
+            response.read = read
+        return response
+
+    monkeypatch.setattr(urllib.request, "urlopen", flaky_urlopen)
+    fetch(url, tmp_path / "f.bin", retries=1, **FAST)
+    assert server.ranges("/f.bin") == [None, "bytes=30000-"] and server.statuses("/f.bin") == [200, 206]
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_a_certificate_that_does_not_verify_is_not_retried(tmp_path, monkeypatch):
+    calls = []
+
+    def refuse(request, *, timeout):
+        calls.append(request.full_url)
+        raise urllib.error.URLError(ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(DownloadError, match=r"https://host.invalid/f.bin: .*certificate verify failed"):
+        fetch("https://host.invalid/f.bin", tmp_path / "f.bin", retries=3, **FAST)
+    assert calls == ["https://host.invalid/f.bin"]
 
 
 def test_unavailable_server_is_retried(server, tmp_path):
@@ -341,6 +484,33 @@ def test_revisitop1m_counts_the_listed_images_present(server, tmp_path, monkeypa
     download("revisitop1m", tmp_path, log=lines.append, **FAST)
     assert (tmp_path / "revisitop1m/jpg/00/001.jpg").read_bytes() == b"b"
     assert lines[-1].startswith("revisitop1m.txt: 2 of the 3 listed images are present")
+
+
+def test_ilias_core_and_id_lists_from_a_mirror(server, tmp_path):
+    core = {
+        "ilias_core/bold_bimp_000/query/Q000_00.jpg": b"\xff\xd8 q",
+        "ilias_core/bold_bimp_000/query/Q000_00_bbox.txt": b"1 2 3 4\n",
+        "ilias_core/bold_bimp_000/query/T000.txt": b"a bold bimp\n",
+        "ilias_core/bold_bimp_000/pos/P000_00.jpg": b"\xff\xd8 p",
+        "ilias_core/bold_bimp_000/pos/P000_00_bbox.txt": b"5 6 7 8\n",
+    }
+    ids = {
+        "image_query_ids.txt": b"bold_bimp_000/query/Q000_00.jpg\n",
+        "text_query_ids.txt": b"bold_bimp_000/query/T000\n",
+        "positive_ids.txt": b"bold_bimp_000/pos/P000_00.jpg,0.25,1\n",
+    }
+    server.serve("/ilias_data/ilias_core.tar", _tar(core, mode="w"))
+    for name, text in ids.items():
+        server.serve(f"/ilias_data/image_ids/{name}", text)
+    folder = download("ilias", tmp_path, mirror=server.url, log=None, **FAST)
+    assert folder == tmp_path / "ilias" and sorted(p.name for p in folder.iterdir()) == ["ilias_core", "image_ids"]
+    ds = IliasDataset.from_dir(folder, id_dir=folder / "image_ids")
+    assert [q.id for q in ds.image_queries] == ["bold_bimp_000/query/Q000_00.jpg"]
+    assert ds.id_files.positive_info == {"bold_bimp_000/pos/P000_00.jpg": (0.25, 1)}
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["extracted"]["ilias/ilias_core.tar"] == {"into": "ilias", "files": 5}
+    assert manifest["files"]["ilias/image_ids/positive_ids.txt"]["checked"] == "trust on first use"
+    assert DATASETS["ilias"][0].url == "https://vrg.fel.cvut.cz/ilias_data/ilias_core.tar"
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ SOLUTION_CSV = f"""id,images,Usage
 {T2},None,Ignored
 {T3},{I3},Private
 {T4},"{I4}",Ignored
-{T5},"",Public
+{T5},"",Ignored
 """
 
 
@@ -27,7 +27,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_solution_skips_ignored_and_none_and_feeds_the_metric(tmp_path):
+def test_solution_skips_ignored_rows_whatever_their_images_and_feeds_the_metric(tmp_path):
     path = _write(tmp_path, "retrieval_solution_v2.1.csv", SOLUTION_CSV)
     solution = gldv2_retrieval_solution(path)
     assert solution == {T1: [I1, I2], T3: [I3]}
@@ -48,6 +48,8 @@ def test_solution_skips_ignored_and_none_and_feeds_the_metric(tmp_path):
         (f"{T1[:-1]},{I1},Public", "is not 16 lowercase"),
         (f'{T1},"{I1}  {I2}",Public', "is not 16 lowercase"),
         (f"{T1},{I1},Public\n{T1},{I2},Private", "listed twice"),
+        (f"{T1},None,Public", "a Public row must list its relevant index ids, got 'None'"),
+        (f'{T1},"",Private', "a Private row must list its relevant index ids, got 'an empty field'"),
     ],
 )
 def test_malformed_solution_rows_name_file_and_line(tmp_path, row, message):
@@ -57,6 +59,14 @@ def test_malformed_solution_rows_name_file_and_line(tmp_path, row, message):
     assert "retrieval_solution_v2.1.csv:" in str(info.value)
     line = 4 if "twice" in message else 3
     assert f":{line}:" in str(info.value)
+
+
+def test_a_public_row_without_images_is_refused_even_when_only_private_rows_are_asked_for(tmp_path):
+    # DELF's ReadSolution would keep it as a query whose one relevant id is 'None' (AP 0, counted in the mean);
+    # dropping it would raise the mAP instead. Neither is a ground truth, so the file is refused.
+    path = _write(tmp_path, "retrieval_solution_v2.1.csv", f"id,images,Usage\n{T1},None,Public\n{T3},{I3},Private\n")
+    with pytest.raises(ValueError, match=r"retrieval_solution_v2.1.csv:2: a Public row must list"):
+        gldv2_retrieval_solution(path, usage=("Private",))
 
 
 def test_bad_header_and_unknown_usage(tmp_path):

@@ -175,3 +175,35 @@ def test_missing_distractors_error_or_are_skipped_and_counted(tmp_path):
         Distractors.from_list(root)
     kept = Distractors.from_list(root, on_missing="skip")
     assert len(kept.paths) == 3 and kept.missing == ["0/000000.jpg", "1/000001.jpg"]
+
+
+def test_db_images_include_the_distractors_in_db_paths_order(tiny_revisited, tmp_path):
+    from irlib.data.revisited import Distractors
+
+    ds = RevisitedDataset.from_dir(tiny_revisited).with_distractors(
+        Distractors.from_list(_distractor_root(tmp_path, 3))
+    )
+    assert ds.n_db == 9 and len(ds.db_paths) == 9
+    for i in (0, 5, 6, 8):
+        assert ds.load_db_image(i).tobytes() == Image.open(ds.db_paths[i]).convert("RGB").tobytes()
+    assert ds.load_db_image(8).getpixel((0, 0))[0] == pytest.approx(80, abs=3)  # the third distractor (40 * 2)
+    for i in (9, -1):
+        with pytest.raises(IndexError, match=rf"database index {i} is outside \[0, 9\) of tiny\+1m"):
+            ds.load_db_image(i)
+    ds.distractors[1].unlink()
+    with pytest.raises(ImageLoadError, match=r"000001\.jpg of dataset 'tiny\+1m' does not exist"):
+        ds.load_db_image(7)
+
+
+@pytest.mark.parametrize("image", ["jpg/q_1.jpg", "jpg/db_4.jpg"], ids=["query", "database"])
+def test_distractors_that_are_test_images_are_refused(tiny_revisited, tmp_path, image):
+    from irlib.data.revisited import Distractors
+
+    base = RevisitedDataset.from_dir(tiny_revisited)
+    root = _distractor_root(tmp_path, 2)
+    # A list entry that reaches the test set through '..' (root/jpg/../../tiny/<image>).
+    (root / "revisitop1m.txt").write_text(f"0/000000.jpg\n../../tiny/{image}\n")
+    distractors = Distractors.from_list(root)
+    assert distractors.paths[1] != tiny_revisited / image  # not the same Path: only normalisation matches them
+    with pytest.raises(ValueError, match=rf"1 distractor\(s\) of '1m' are query or database images of tiny: .*{image}"):
+        base.with_distractors(distractors)
