@@ -1,14 +1,17 @@
-"""Tests for the UnED loader on tiny info files in the official layout (unicode paths, list class ids)."""
+"""Tests for the UnED loaders on tiny info files in the official layout (unicode paths, list class ids), and the
+merged kNN benchmark end to end (loader + ``uned_merged_metrics``) on hand-computed numbers."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from irlib.data.uned import DOMAINS, UNED_SIZES, escaped_path, uned_split
+from irlib.data.uned import DOMAINS, KNN_SPLITS, UNED_SIZES, escaped_path, uned_knn, uned_split
+from irlib.eval.metrics import uned_merged_metrics
 
 INFO = {
     "cars": [
@@ -130,3 +133,94 @@ def test_other_splits_and_strict_sizes(uned: Path) -> None:
     assert len(uned_split(uned, "cars", split="val")) == 2
     with pytest.raises(ValueError, match=r"cars: 3 images, expected 6346; cars: 3 classes, expected 78"):
         uned_split(uned, "cars", strict=True)
+
+
+# The merged benchmark: cars (test -> test, throw_1st), inshop and gldv2 (test -> index), in the official format.
+KNN_INFO = {
+    "cars": {"test": [{"path": f"cars/car_ims/{i:06d}.jpg", "class_id": c} for i, c in enumerate([0, 0, 1, 1])]},
+    "inshop": {
+        "test": [
+            {"path": "deepfashion/inshop/img/q0.jpg", "class_id": 5},
+            {"path": "deepfashion/inshop/img/q1.jpg", "class_id": 7},
+        ],
+        "index": [{"path": f"deepfashion/inshop/img/i{i}.jpg", "class_id": c} for i, c in enumerate([5, 5, 7, 3])],
+    },
+    "gldv2": {
+        # Multi-label test entries (a landmark list), and a one-element list.
+        "test": [
+            {"path": "gldv2/images/test/0/0/0/g0.jpg", "class_id": [2, 4]},
+            {"path": "gldv2/images/test/0/0/0/g1.jpg", "class_id": [4]},
+        ],
+        "index": [{"path": f"gldv2/images/index/0/0/0/x{i}.jpg", "class_id": c} for i, c in enumerate([2, 4, 4, 0])],
+    },
+}
+
+
+def _write_knn(root: Path) -> None:
+    for domain, splits in KNN_INFO.items():
+        for split, entries in splits.items():
+            _write(root, {domain: entries}, split)
+
+
+def test_knn_splits_match_the_reference() -> None:
+    # dataset_infos.py test_knn / val_knn (query, index).
+    assert {d for d, (q, i) in KNN_SPLITS["test"].items() if q != i} == {"inshop", "met", "gldv2"}
+    assert KNN_SPLITS["test"]["met"] == ("test", "index") and KNN_SPLITS["test"]["sop"] == ("test", "test")
+    assert KNN_SPLITS["val"]["met"] == ("val", "small_index") and KNN_SPLITS["val"]["gldv2"] == ("val", "val")
+
+
+def test_knn_loader_merges_the_index_with_global_labels(tmp_path: Path) -> None:
+    _write_knn(tmp_path)
+    ev = uned_knn(tmp_path, ["gldv2", "cars", "inshop"])
+    assert ev.domains == ("cars", "inshop", "gldv2")
+    assert ev.throw_first == {"cars": True, "inshop": False, "gldv2": False}
+    # Offsets: cars ids 0-1 (width 2), inshop 3-7 (width 8), gldv2 0-4 with list ids included (width 5).
+    assert ev.info["domain_offsets"] == {"cars": 0, "inshop": 2, "gldv2": 10}
+    assert ev.query_labels == [0, 0, 1, 1, 7, 9, (12, 14), 14]
+    assert ev.index_labels == [0, 0, 1, 1, 7, 7, 9, 5, 12, 14, 14, 10]  # gldv2 class 0 is not cars class 0
+    assert ev.query_domains.tolist() == ["cars"] * 4 + ["inshop"] * 2 + ["gldv2"] * 2
+    assert ev.index_domains.tolist() == ["cars"] * 4 + ["inshop"] * 4 + ["gldv2"] * 4
+    assert ev.query_in_index.tolist() == [0, 1, 2, 3, -1, -1, -1, -1]
+    assert [ev.index_paths[i] for i in ev.query_in_index[:4]] == list(ev.query_paths[:4])
+    assert ev.query_paths[4] == tmp_path / "images/deepfashion/inshop/img/q0.jpg"
+    assert ev.index_paths[11] == tmp_path / "images/gldv2/images/index/0/0/0/x3.jpg"
+    assert ev.info["multi_label_queries"] == {"cars": 0, "inshop": 0, "gldv2": 1}
+    assert ev.info["index_images"] == {"cars": 4, "inshop": 4, "gldv2": 4}
+    (tmp_path / "info_files/gldv2/index.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"info_files/gldv2/index\.json does not exist"):
+        uned_knn(tmp_path, "gldv2")
+    with pytest.raises(ValueError, match="unknown kNN split 'train'"):
+        uned_knn(tmp_path, "cars", split="train")
+
+
+def test_merged_benchmark_end_to_end_by_hand(tmp_path: Path) -> None:
+    _write_knn(tmp_path)
+    ev = uned_knn(tmp_path, ["cars", "inshop", "gldv2"])
+    # Merged index ids: cars 0-3 (labels 0 0 1 1), inshop 4-7 (7 7 9 5), gldv2 8-11 (12 14 14 10).
+    top = [
+        [0, 8, 1],  # cars q0 (throw 1st): 2nd is gldv2 -> miss; MP looks at n_same = 2: [0 hit, 8 miss] - 1 = 0
+        [1, 0],  # hit; 2 - 1 = 1 / min(1, 5)
+        [3, 2],  # the thrown 1st neighbour is not the query itself: still thrown; hit, 1
+        [3, 2, 4],  # hit, 1
+        [5, 6, 4],  # inshop q0 (label 7, n_same 2): hit; [5 hit, 6 miss] -> 1/2
+        [0, 6],  # inshop q1 (label 9, n_same 1): cars item first -> miss, 0
+        [9, 11, 8, 10],  # gldv2 q0 (labels 12, 14: n_same 1 + 2 = 3): hit; [hit, miss, hit] -> 2/3
+        [8, 9, 10],  # gldv2 q1 (label 14, n_same 2): item 8 is label 12 -> miss; [miss, hit] -> 1/2
+    ]
+    ranks = np.array([row + [i for i in range(12) if i not in row] for row in top])
+    out = uned_merged_metrics(
+        ranks, ev.query_labels, ev.query_domains, ev.index_labels, ev.index_domains, ev.throw_first, ranks=True
+    )
+    per_domain = {
+        "cars/R@1": 3 / 4, "cars/mMP@5": 3 / 4,
+        "inshop/R@1": 1 / 2, "inshop/mMP@5": 1 / 4,
+        "gldv2/R@1": 1 / 2, "gldv2/mMP@5": (2 / 3 + 1 / 2) / 2,
+    }  # fmt: skip
+    # The benchmark number is the unweighted mean of the domains (over the 8 queries it would be 5/8 and 0.583).
+    means = {"R@1": (3 / 4 + 1 / 2 + 1 / 2) / 3, "mMP@5": (3 / 4 + 1 / 4 + 7 / 12) / 3}
+    assert out == pytest.approx(means | per_domain)
+    rounded = uned_merged_metrics(
+        ranks, ev.query_labels, ev.query_domains, ev.index_labels, ev.index_domains, ev.throw_first, ranks=True,
+        decimals=3,
+    )  # fmt: skip
+    assert rounded["gldv2/mMP@5"] == 0.583 and rounded["R@1"] == 0.583 and rounded["mMP@5"] == 0.528

@@ -1,11 +1,15 @@
-"""UnED R@1 / mMP@5 (merged protocol, throw_1st) and ILIAS mAP@k on hand-computed cases."""
+"""UnED R@1 / mMP@5 (merged protocol, throw_1st, multi-label queries), ILIAS mAP@k (dense and top-k input) and
+GLDv2 mAP@100 (Ignored ids, DELF's denominator) on hand-computed cases and against the reference formulas."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
 
-from irlib.eval.metrics import ilias_map_at_k, top_k_ids, uned_metrics
+from irlib.eval.metrics import gldv2_map_at_k, ilias_map_at_k, top_k_ids, uned_merged_metrics, uned_metrics
 
 # Index of the merged-protocol case: label 0 exists in domains "a" and "b" (a collision).
 INDEX_LABELS = [0, 0, 1, 1, 0, 2]
@@ -86,3 +90,200 @@ def test_ilias_errors():
         ilias_map_at_k([[0.1, 0.2]], [[2]])
     with pytest.raises(ValueError, match="finite"):
         ilias_map_at_k([[np.nan, 0.2]], [[1]])
+
+
+# ---- UnED: merged index, per-domain throw_first, mean over domains (knn_utils.run_merged_knn) ----
+
+# Merged index: domain "s" (query split = index split: its 4 queries are items 0-3) and domain "x" (separate index).
+M_LABELS = [0, 0, 1, 1, 0, 0, 1]
+M_DOMAINS = ["s", "s", "s", "s", "x", "x", "x"]
+M_QUERY_LABELS = [0, 0, 1, 1, 0, 1]
+M_QUERY_DOMAINS = ["s", "s", "s", "s", "x", "x"]
+M_TOP = [
+    [0, 4, 1],  # s: the 2nd neighbour is label 0 of domain x -> miss; MP looks at n_same = 2 items only: 0
+    [1, 0, 5],  # hit; (2 - 1) / 1
+    [3, 2, 6],  # the 1st neighbour is thrown even though it is not the query itself: hit, 1
+    [3, 6, 2],  # miss, 0
+    [4, 5, 0],  # x (nothing thrown): hit; MP@5 over min(5, 2) = 2: 2 / 2
+    [0, 6, 1],  # miss; looks at 1 item: 0 / 1
+]
+M_RANKS = np.array([top + [i for i in range(7) if i not in top] for top in M_TOP])  # full rankings
+
+
+def test_merged_metrics_throw_first_per_domain_and_mean_over_domains():
+    out = uned_merged_metrics(
+        M_RANKS, M_QUERY_LABELS, M_QUERY_DOMAINS, M_LABELS, M_DOMAINS, {"s": True, "x": False}, ranks=True
+    )
+    expected = {"s/R@1": 2 / 4, "s/mMP@5": 2 / 4, "x/R@1": 1 / 2, "x/mMP@5": 1 / 2}
+    # The reference averages the per-domain values (not the 6 queries, which would give 3/6 and 3/6 here too, so
+    # the next case makes them differ).
+    assert out == pytest.approx({"R@1": 0.5, "mMP@5": 0.5} | expected)
+    assert list(out) == ["R@1", "mMP@5", "s/R@1", "s/mMP@5", "x/R@1", "x/mMP@5"]
+    # Each domain is scored as uned_metrics scores it alone against the merged index.
+    for d, throw in (("s", True), ("x", False)):
+        rows = [i for i, q in enumerate(M_QUERY_DOMAINS) if q == d]
+        alone = uned_metrics(
+            M_RANKS[rows], np.array(M_QUERY_LABELS)[rows], np.array(M_QUERY_DOMAINS)[rows], M_LABELS, M_DOMAINS,
+            throw_first=throw, ranks=True,
+        )  # fmt: skip
+        assert alone == pytest.approx({"R@1": out[f"{d}/R@1"], "mMP@5": out[f"{d}/mMP@5"]})
+    # Dropping query 3 makes the domains unequal: mean over domains (2/3 + 1/2) / 2, not over queries 3/5.
+    keep = [0, 1, 2, 4, 5]
+    out = uned_merged_metrics(
+        M_RANKS[keep], np.array(M_QUERY_LABELS)[keep], np.array(M_QUERY_DOMAINS)[keep], M_LABELS, M_DOMAINS,
+        {"s": True, "x": False}, ranks=True,
+    )  # fmt: skip
+    assert out["R@1"] == pytest.approx((2 / 3 + 1 / 2) / 2) and out["mMP@5"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_merged_metrics_scores_input_and_errors():
+    # Scores that rank like M_RANKS (descending), the rest of each row below.
+    scores = np.zeros((6, 7))
+    for q, row in enumerate(M_RANKS):
+        scores[q, row] = np.arange(7, 0, -1)
+    args = (M_QUERY_LABELS, M_QUERY_DOMAINS, M_LABELS, M_DOMAINS)
+    by_ranks = uned_merged_metrics(M_RANKS, *args, {"s": True, "x": False}, ranks=True)
+    assert uned_merged_metrics(scores, *args, {"s": True, "x": False}) == pytest.approx(by_ranks)
+    with pytest.raises(ValueError, match=r"throw_first has no entry for query domains \['x'\]"):
+        uned_merged_metrics(scores, *args, {"s": True})
+    with pytest.raises(ValueError, match=r"ranks must be an integer \(6, >= 6\)"):  # k + 1 when a domain throws
+        uned_merged_metrics(M_RANKS[:, :5], *args, {"s": True, "x": False}, ranks=True)
+    assert uned_merged_metrics(M_RANKS[:, :5], *args, {"s": False, "x": False}, ranks=True)  # k is enough
+    # Without throwing in domain s its queries find themselves first: R@1 of s becomes 1 (the wrong protocol).
+    wrong = uned_merged_metrics(M_RANKS, *args, {"s": False, "x": False}, ranks=True, k=2)
+    assert wrong["s/R@1"] == 1.0
+
+
+def test_merged_metrics_decimals_round_per_domain_then_the_mean_like_the_reference():
+    # Three domains with R@1 = 2/3, 2/3, 0: the reference reports mean(round(.., 3)) rounded = 0.445, not 4/9 -> 0.444.
+    labels, domains = [0, 1, 0, 1, 0, 1], ["a", "a", "b", "b", "c", "c"]
+    ranks = np.array([[0], [0], [1], [2], [2], [3], [5], [5], [5]])
+    q_domains = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    throw = dict.fromkeys("abc", False)
+    exact = uned_merged_metrics(ranks, [0] * 9, q_domains, labels, domains, throw, k=1, ranks=True)
+    assert exact["R@1"] == pytest.approx(4 / 9)
+    rounded = uned_merged_metrics(ranks, [0] * 9, q_domains, labels, domains, throw, k=1, ranks=True, decimals=3)
+    assert rounded == {"R@1": 0.445, "mMP@1": 0.445, "a/R@1": 0.667, "a/mMP@1": 0.667, "b/R@1": 0.667,
+                       "b/mMP@1": 0.667, "c/R@1": 0.0, "c/mMP@1": 0.0}  # fmt: skip
+
+
+def test_multi_label_queries_follow_the_reference_rule():
+    # knn_utils.py: a neighbour is a hit when it matches ANY query label (np.any(query_label == label)); the relevant
+    # count is the SUM of the index counts of the query's labels (a repeated label counts twice).
+    labels, domains = [3, 4, 4, 5, 3], ["g", "g", "g", "g", "h"]
+    ranks = np.array([[1, 3, 0, 2, 4], [3, 0, 1, 2, 4], [0, 3, 4, 1, 2], [0, 1, 2, 3, 4]])
+    queries = [(3, 4), [5], 4, [3, 3]]
+    out = uned_metrics(ranks, queries, ["g"] * 4, labels, domains, throw_first=False, ranks=True)
+    # q0: n_same = 1 + 2 = 3, looks at [1, 3, 0]: 2 hits / 3. q1: [5] is label 5, n_same 1: [3] -> 1 / 1.
+    # q2: label 4, n_same 2: [0, 3] -> 0 / 2, R@1 miss. q3: [3, 3] -> n_same 2 (item 4 is label 3 of domain h):
+    # looks at [0, 1] -> 1 / 2.
+    assert out == pytest.approx({"R@1": 3 / 4, "mMP@5": (2 / 3 + 1 + 0 + 1 / 2) / 4})
+    # Keeping only the first id (what training does) changes q0 (label 3, n_same 1: [1] is a miss) and q3 (1 / 1).
+    single = uned_metrics(ranks, [3, 5, 4, 3], ["g"] * 4, labels, domains, throw_first=False, ranks=True)
+    assert single == pytest.approx({"R@1": 2 / 4, "mMP@5": (0 + 1 + 0 + 1) / 4})
+
+
+def test_multi_label_errors_are_clear():
+    with pytest.raises(ValueError, match=r"index_labels\[1\] has 2 labels; an index item must have one"):
+        uned_metrics([[0, 1]], [1], ["a"], [1, [1, 2]], ["a", "a"], throw_first=False, ranks=True, k=1)
+    with pytest.raises(ValueError, match=r"query_labels\[0\] is an empty label list"):
+        uned_metrics([[0, 1]], [[]], ["a"], [1, 2], ["a", "a"], throw_first=False, ranks=True, k=1)
+    with pytest.raises(ValueError, match=r"query 0 \(label \[7, 8\], domain 'a'\) has no relevant index item"):
+        uned_metrics([[0, 1]], [[7, 8]], ["a"], [1, 2], ["a", "a"], throw_first=False, ranks=True, k=1)
+    # A one-element list is that label, on both sides.
+    one = uned_metrics([[1, 0]], [[2]], ["a"], [1, [2]], ["a", "a"], throw_first=False, ranks=True, k=1)
+    assert one == {"R@1": 1.0, "mMP@1": 1.0}
+
+
+# ---- ILIAS: top-k lists (the official pickle's sims/ranks) give the dense result ----
+
+
+def _official_ilias_map(scores: np.ndarray, positives: list[list[int]], k: int) -> float:
+    """ILIAS ``_compute_AP`` (evaluation/src/dataset.py) per query: the top k by score (here a stable sort, the
+    lower id first at a tie across the cut), sklearn ``average_precision_score`` times hits / min(k, |gt|)."""
+    aps = []
+    for row, gt in zip(scores, positives, strict=True):
+        order = np.argsort(-row, kind="stable")[:k]
+        y_true = np.isin(order, gt)
+        aps.append(
+            0.0 if not y_true.any() else average_precision_score(y_true, row[order]) * y_true.sum() / min(k, len(gt))
+        )
+    return float(np.mean(aps))
+
+
+def _ilias_problem(seed: int, n_q: int, n_db: int, levels: int) -> tuple[np.ndarray, list[list[int]]]:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, size=(n_q, n_db)) / levels  # few levels: many ties
+    positives = [sorted(rng.choice(n_db, size=rng.integers(1, n_db + 1), replace=False).tolist()) for _ in range(n_q)]
+    return scores, positives
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_q=st.integers(1, 4),
+    n_db=st.integers(1, 40),
+    k=st.integers(1, 45),
+    extra=st.integers(0, 5),
+    levels=st.integers(1, 6),
+)
+def test_ilias_top_k_lists_equal_the_dense_path_and_the_official_formula(seed, n_q, n_db, k, extra, levels):
+    scores, positives = _ilias_problem(seed, n_q, n_db, levels)
+    dense = ilias_map_at_k(scores, positives, k)
+    assert dense == pytest.approx(_official_ilias_map(scores, positives, k), rel=1e-12, abs=1e-15)
+    # Lists of m >= k items (or all of a smaller database), in shuffled order, as a search would return them.
+    m = min(n_db, k + extra)
+    ids = top_k_ids(scores, m)
+    rng = np.random.default_rng(seed + 1)
+    shuffled = np.array([rng.permutation(row) for row in ids])
+    listed = np.take_along_axis(scores, shuffled, axis=1)
+    assert ilias_map_at_k(listed, positives, k, ids=shuffled) == pytest.approx(dense, rel=1e-12, abs=1e-15)
+
+
+def test_ilias_top_k_ties_at_the_cut_go_to_the_lower_id():
+    # Ids 7 and 3 tie at the 2nd place of a 3-item list cut at k=2: id 3 is kept (as in the dense path).
+    assert ilias_map_at_k([[0.9, 0.5, 0.5]], [[3]], k=2, ids=[[1, 7, 3]]) == pytest.approx(1 / 2 / 1)
+    assert ilias_map_at_k([[0.9, 0.5, 0.5]], [[7]], k=2, ids=[[1, 7, 3]]) == 0.0
+    dense = np.zeros((1, 8))
+    dense[0, [1, 7, 3]] = [0.9, 0.5, 0.5]
+    dense[0, [0, 2, 4, 5, 6]] = -1
+    assert ilias_map_at_k(dense, [[3]], k=2) == pytest.approx(1 / 2)
+    # Positives outside the lists still count in min(k, |positives|).
+    assert ilias_map_at_k([[0.9, 0.5]], [[1, 100, 200]], k=2, ids=[[1, 5]]) == pytest.approx(1 / 2)
+
+
+def test_ilias_top_k_errors():
+    with pytest.raises(ValueError, match=r"ids of query 1 repeat a database id"):
+        ilias_map_at_k([[0.1, 0.2], [0.3, 0.4]], [[1], [1]], ids=[[0, 1], [2, 2]])
+    with pytest.raises(ValueError, match=r"ids must be an integer \(1, 2\) array like scores"):
+        ilias_map_at_k([[0.1, 0.2]], [[1]], ids=[[0, 1, 2]])
+    with pytest.raises(ValueError, match=r"ids must be an integer"):
+        ilias_map_at_k([[0.1, 0.2]], [[1]], ids=[[0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"ids must be database ids >= 0"):
+        ilias_map_at_k([[0.1, 0.2]], [[1]], ids=[[-1, 1]])
+    with pytest.raises(ValueError, match=r"positives of query 0 must be database ids >= 0"):
+        ilias_map_at_k([[0.1, 0.2]], [[-3]], ids=[[0, 1]])
+
+
+# ---- GLDv2 mAP@100: DELF metrics.MeanAveragePrecision and dataset_file_io.ReadPredictions ----
+
+
+def test_gldv2_predictions_of_ignored_ids_are_skipped():
+    solution = {"q1": ["a", "b"], "q2": ["c"]}
+    predictions = {"q1": ["x", "a"], "ign": ["c"], "q2": ["c"]}
+    expected = (1 / 2 / 2 + 1) / 2
+    assert gldv2_map_at_k(predictions, solution, ignored={"ign", "other"}) == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"1 predicted queries are not in the solution, e.g. 'ign' \(pass the Ignored"):
+        gldv2_map_at_k(predictions, solution)  # DELF raises for an id that is neither scored nor Ignored
+    with pytest.raises(ValueError, match=r"1 ignored ids are solution queries, e.g. 'q2'"):
+        gldv2_map_at_k(predictions, solution, ignored=["ign", "q2"])
+
+
+def test_gldv2_denominator_is_delf_min_of_list_length_and_k():
+    # DELF: num_expected_retrieved = min(len(retrieval_solution[key]), max_predictions), the list's length, and
+    # repeated predictions are skipped but keep their position.
+    assert gldv2_map_at_k({"q": ["a"]}, {"q": ["a", "a"]}) == pytest.approx(1 / 2)
+    assert gldv2_map_at_k({"q": ["b", "b", "a"]}, {"q": ["a", "b"]}) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    many = [f"i{n}" for n in range(150)]
+    assert gldv2_map_at_k({"q": many}, {"q": many}) == pytest.approx(1.0)  # min(150, 100) = 100
+    assert gldv2_map_at_k({"q": many[:50]}, {"q": many}) == pytest.approx(50 / 100)
