@@ -422,6 +422,12 @@ class GLDv2Retrieval:
     def query_ids(self) -> list[str]:
         return list(self.solution)
 
+    @property
+    def unscored_ids(self) -> list[str]:
+        """Test ids outside the chosen solution (``Ignored`` rows, and the other Usage when one is chosen): pass them
+        as ``gldv2_map_at_k(..., ignored=...)`` so that a submission over all test images is scored."""
+        return [i for i in self.test_ids if i not in self.solution]
+
     def index_paths(self) -> list[Path]:
         return [self.root / gldv2_image_path("index", i) for i in self.index_ids]
 

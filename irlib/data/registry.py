@@ -19,7 +19,7 @@ from irlib.data.gldv2 import gldv2_retrieval, gldv2_train, rgldv2_clean
 from irlib.data.ilias import IliasDataset
 from irlib.data.revisited import Distractors, RevisitedDataset
 from irlib.data.synthetic import DEMO_DATASET, make_demo_data
-from irlib.data.uned import uned_split
+from irlib.data.uned import uned_knn, uned_split
 
 __all__ = ["DatasetEntry", "list_datasets", "load_dataset"]
 
@@ -126,6 +126,11 @@ def _gldv2_retrieval(root: Path, **kwargs: Any) -> Any:
 @_register("uned", "train", "UnED (<root>/uned/info_files/<domain>/<split>.json + images/); split=, domains=")
 def _uned(root: Path, **kwargs: Any) -> Any:
     return uned_split(root / "uned", **kwargs)
+
+
+@_register("uned-knn", "test", "UnED merged kNN benchmark (<root>/uned/info_files/<domain>/<query|index>.json); split=")
+def _uned_knn(root: Path, **kwargs: Any) -> Any:
+    return uned_knn(root / "uned", **kwargs)
 
 
 @_register("ilias", "test", "ILIAS core (<root>/ilias/ilias_core/<instance>/query|pos/); distractor_ids=")

@@ -35,6 +35,9 @@ def test_solution_skips_ignored_rows_whatever_their_images_and_feeds_the_metric(
     predictions = {T1: [I3, I2, I2, I1], T3: [I3], T2: [I1]}
     with pytest.raises(ValueError, match="not in the solution"):
         gldv2_map_at_k(predictions, solution)
+    assert gldv2_map_at_k(predictions, solution, ignored=[T2]) == gldv2_map_at_k(
+        {T1: predictions[T1], T3: predictions[T3]}, solution
+    )
     del predictions[T2]
     # T1: hits at ranks 2 and 4 (the duplicate I2 keeps its position) -> (1/2 + 2/4) / 2; T3: 1.
     assert gldv2_map_at_k(predictions, solution) == pytest.approx(((1 / 2 + 2 / 4) / 2 + 1) / 2)
@@ -98,6 +101,10 @@ def test_retrieval_benchmark_cross_checks_solution_against_the_id_files(tmp_path
     assert bench.query_ids == [T1, T3]
     assert bench.query_paths()[1] == tmp_path / gldv2_image_path("test", T3)
     assert len(bench.index_paths()) == 4 and len(bench.test_ids) == 5
+    assert bench.unscored_ids == [T2, T4, T5]
+    everything = {t: [I1] for t in bench.test_ids}  # a submission over every test image
+    # T1: I1 relevant at rank 1, 2 relevant -> 1/2; T3: I1 is not I3 -> 0
+    assert gldv2_map_at_k(everything, bench.solution, ignored=bench.unscored_ids) == pytest.approx(1 / 4)
     _write(tmp_path, "index.csv", f"id\n{I1}\n{I2}\n")
     with pytest.raises(ValueError, match=rf"1 index ids are not in .*index.csv: {I3}$"):
         gldv2_retrieval(tmp_path)

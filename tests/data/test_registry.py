@@ -17,11 +17,19 @@ from tests.data.test_gldv2 import gld  # noqa: F401  (fixture: a GLDv2 tree at <
 from tests.data.test_gldv2_retrieval import I1, I2, I3, I4, SOLUTION_CSV, T1, T2, T3, T4, T5
 from tests.data.test_ilias import _make as make_ilias
 from tests.data.test_revisited import _distractor_root
-from tests.data.test_uned import uned  # noqa: F401  (fixture: a UnED tree at <tmp>/data)
+from tests.data.test_uned import uned, write_knn_info  # noqa: F401  (fixture: a UnED tree at <tmp>/data)
 
 
 def test_names_kinds_and_unknown_name():
-    assert list_datasets(kind="test") == ["demo", "gldv2-retrieval", "ilias", "revisited", "roxford5k", "rparis6k"]
+    assert list_datasets(kind="test") == [
+        "demo",
+        "gldv2-retrieval",
+        "ilias",
+        "revisited",
+        "roxford5k",
+        "rparis6k",
+        "uned-knn",
+    ]
     assert list_datasets(kind="train") == ["demo-train", "gldv2", "gldv2-clean", "rgldv2-clean", "uned"]
     assert list_datasets("r*") == ["revisited", "revisitop1m", "rgldv2-clean", "roxford5k", "rparis6k"]
     assert "gnd_roxford5k.pkl" in dataset_entry("roxford5k").description
@@ -52,6 +60,10 @@ def test_training_and_other_test_sets(tmp_path, gld, uned):  # noqa: F811
 
     (tmp_path / "uned").symlink_to(uned)
     assert load_dataset("uned", tmp_path, domains="cars").info["domains"] == ["cars"]
+    knn_root = tmp_path / "knn" / "uned"
+    write_knn_info(knn_root)
+    knn = load_dataset("uned-knn", knn_root.parent, domains=["cars", "inshop"])
+    assert knn.throw_first == {"cars": True, "inshop": False}
 
     make_ilias(tmp_path / "ilias")
     assert isinstance(load_dataset("ilias", tmp_path), IliasDataset)

@@ -156,7 +156,7 @@ KNN_INFO = {
 }
 
 
-def _write_knn(root: Path) -> None:
+def write_knn_info(root: Path) -> None:
     for domain, splits in KNN_INFO.items():
         for split, entries in splits.items():
             _write(root, {domain: entries}, split)
@@ -170,7 +170,7 @@ def test_knn_splits_match_the_reference() -> None:
 
 
 def test_knn_loader_merges_the_index_with_global_labels(tmp_path: Path) -> None:
-    _write_knn(tmp_path)
+    write_knn_info(tmp_path)
     ev = uned_knn(tmp_path, ["gldv2", "cars", "inshop"])
     assert ev.domains == ("cars", "inshop", "gldv2")
     assert ev.throw_first == {"cars": True, "inshop": False, "gldv2": False}
@@ -194,7 +194,7 @@ def test_knn_loader_merges_the_index_with_global_labels(tmp_path: Path) -> None:
 
 
 def test_merged_benchmark_end_to_end_by_hand(tmp_path: Path) -> None:
-    _write_knn(tmp_path)
+    write_knn_info(tmp_path)
     ev = uned_knn(tmp_path, ["cars", "inshop", "gldv2"])
     # Merged index ids: cars 0-3 (labels 0 0 1 1), inshop 4-7 (7 7 9 5), gldv2 8-11 (12 14 14 10).
     top = [
