@@ -205,3 +205,40 @@ def test_eval_with_reranking_and_distractor_features(tiny_revisited, tmp_path, c
     assert "--rerank-param expects NAME=VALUE, got 'M'" in capsys.readouterr().err
     assert _eval([*args, "--force", "--rerank", "alpha_qe"]) == 2
     assert "alpha_qe needs parameter(s) k, alpha" in capsys.readouterr().err
+
+
+def test_eval_dba_takes_an_integer_k_and_a_float_alpha(tiny_revisited, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(out), "--dba", "2", "3"]) == 0
+    dba = json.loads((out / "metrics.json").read_text())["settings"]["dba"]
+    assert dba == {"k": 2, "alpha": 3.0} and isinstance(dba["k"], int)
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(out), "--force", "--dba", "2.7", "3"]) == 2
+    assert "--dba expects K ALPHA: an integer K and a number ALPHA, got '2.7' '3'" in capsys.readouterr().err
+
+
+def test_eval_search_options_faiss_flat_equals_exact_and_ivfpq_reports_recall(tiny_revisited, tmp_path, capsys):
+    base = ["--dataset-dir", str(tiny_revisited), "--pretrained"]  # the same weights in every run
+    assert _eval([*base, "--out", str(tmp_path / "exact")]) == 0
+    assert _eval([*base, "--out", str(tmp_path / "flat"), "--search", "faiss-flat", "--shortlist", "100"]) == 0
+    exact, flat = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("exact", "flat"))
+    assert flat["settings"]["search"] == {"method": "faiss-flat", "params": {"shortlist": 100}}
+    assert all(flat[p] == exact[p] for p in ("easy", "medium", "hard"))
+    capsys.readouterr()
+    ivf = ["--search", "ivfpq", "--nlist", "2", "--nprobe", "2", "--pq-m", "8", "--pq-nbits", "2", "--train-size", "6"]
+    assert _eval([*base, "--out", str(tmp_path / "ivf"), *ivf]) == 0
+    search = json.loads((tmp_path / "ivf" / "metrics.json").read_text())["settings"]["search"]
+    assert search["params"] == {
+        "shortlist": 1000,
+        "nprobe": 2,
+        "nlist": 2,
+        "m": 8,
+        "nbits": 2,
+        "train_size": 6,
+        "seed": 0,
+    }
+    assert search["recall@100"]["k"] == 6 and search["recall@100"]["ranking"] == 1.0  # every list scanned
+    assert "ivfpq recall@6 against exact search: 1.0000" in capsys.readouterr().out
+    run = json.loads((tmp_path / "ivf" / "run.json").read_text())
+    assert run["params"]["search"] == search
+    assert _eval([*base, "--out", str(tmp_path / "bad"), "--nprobe", "4"]) == 2
+    assert "search 'exact' takes no parameters; unknown parameter(s) nprobe" in capsys.readouterr().err

@@ -340,6 +340,8 @@ def _score_matrix(scores: ArrayLike, n_q: int, n_db: int) -> np.ndarray:
 def top_k_ids(scores: np.ndarray, m: int) -> np.ndarray:
     """``(n_q, m)`` column ids of each row's ``m`` largest scores, descending, ties broken by the lower id."""
     n = scores.shape[1]
+    if m == 0:
+        return np.empty((len(scores), 0), dtype=np.int64)
     if m >= n:
         return np.argsort(-scores, axis=1, kind="stable")
     thresholds = np.partition(scores, n - m, axis=1)[:, n - m]

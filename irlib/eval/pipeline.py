@@ -1,4 +1,18 @@
-"""One evaluation run on a revisited dataset: extract, score, Easy/Medium/Hard metrics, ``metrics.json``."""
+"""One evaluation run on a revisited dataset: extract, search, rerank, Easy/Medium/Hard metrics, ``metrics.json``.
+
+:func:`evaluate_model` extracts and evaluates; :func:`rescore` evaluates the same descriptors again with another
+search or reranking; both rank with :func:`search_database` (the function benchmarks time) and compute the metrics
+with :meth:`Ranking.evaluate`.
+
+Searches (:data:`irlib.eval.search.SEARCHES`): ``"exact"`` scores the whole database, so the metrics are those of
+the full ranking. ``"faiss-flat"`` and ``"ivfpq"`` keep each query's top ``shortlist`` (re-scored exactly) and the
+metrics come from that truncated ranking, on which irlib's evaluator (as revisitop's ``compute_map``) treats an image
+beyond the shortlist as never retrieved: a positive there adds nothing to AP but still counts in its divisor, so AP
+is the full ranking's minus those positives' terms (equal when every positive is in the shortlist); junk beyond it
+changes nothing (it only shifts later positives). mP@k equals the full ranking's when the shortlist holds every
+positive or a positive beyond position ``k`` (junk removed); otherwise revisitop's divisor ``min(k, position of the
+last retrieved positive)`` can make it larger.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +32,25 @@ from torch import nn
 import irlib
 from irlib.data.revisited import RevisitedDataset
 from irlib.eval.extract import ExtractConfig, extract_revisited, model_fingerprint
-from irlib.eval.rerank import alpha_dba, rerank_scores, reranker_params
+from irlib.eval.metrics import top_k_ids
+from irlib.eval.rerank import (
+    QUERY_EXPANSIONS,
+    alpha_dba,
+    expand_queries,
+    rerank_ids,
+    rerank_scores,
+    reranker_params,
+    shortlist_depth,
+)
 from irlib.eval.revisited import PROTOCOLS, evaluate
-from irlib.eval.search import StackedDatabase, database_scores, similarity
+from irlib.eval.search import (
+    ShortlistSearch,
+    StackedDatabase,
+    database_scores,
+    recall_at_k,
+    similarity,
+)
+from irlib.eval.search import search_params as fill_search_params
 from irlib.eval.shards import load_features, read_meta
 from irlib.io import atomic_path, sha256_file, write_json
 from irlib.results.runs import eval_record, write_run
@@ -36,14 +66,108 @@ class EvalResult:
         queries: query descriptors ``(n_queries, D)``.
         database: database descriptors ``(n_db, D)``; with distractor features a :class:`StackedDatabase` of the
             test descriptors and the memory-mapped distractors.
-        scores: ``(n_queries, n_db)`` scores used for ranking (after reranking, when one was chosen).
+        scores: exact search: ``(n_queries, n_db)`` scores whose descending order (ties by lower id) is the ranking
+            (after reranking, when one was chosen); None with a shortlist search.
+        ranks: shortlist search (``"faiss-flat"``, ``"ivfpq"``): ``(n_queries, shortlist)`` database ids, best first
+            (after reranking); None with exact search.
     """
 
     metrics: dict[str, Any]
     per_query: pd.DataFrame
     queries: np.ndarray
     database: np.ndarray
-    scores: np.ndarray
+    scores: np.ndarray | None
+    ranks: np.ndarray | None = None
+
+
+@dataclass
+class Ranking:
+    """The outcome of :func:`search_database`.
+
+    Attributes:
+        scores: exact search: ``(n_queries, n_db)`` float32, ranked descending, ties by lower id; else None.
+        ids: shortlist search: ``(n_queries, L)`` database ids, best first; else None.
+        search: what a run records of the search: ``{"method", "params"}``, and for ``"ivfpq"`` ``"recall@100"``:
+            ``{"k": min(100, n_db), "ranking": ..., "index_order": ...}``, the mean fraction of the exact top-k
+            found in the top-k of the ranking evaluated (IVF-PQ's shortlist re-scored exactly, before reranking)
+            and of IVF-PQ's own order.
+        rerank: ``{"method", "params"}`` (defaults filled in) or None.
+    """
+
+    scores: np.ndarray | None
+    ids: np.ndarray | None
+    search: dict[str, Any]
+    rerank: dict[str, Any] | None
+
+    def evaluate(self, gnd: Sequence[Mapping[str, Any]], kappas: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+        """E/M/H metrics of this ranking (:func:`irlib.eval.revisited.evaluate`), truncated for a shortlist."""
+        if self.scores is not None:
+            return evaluate(gnd, scores=self.scores, kappas=kappas)
+        return evaluate(gnd, ranks=self.ids.T, kappas=kappas)
+
+
+def search_database(
+    queries: np.ndarray,
+    database: np.ndarray | StackedDatabase,
+    *,
+    search: str = "exact",
+    search_params: Mapping[str, Any] | None = None,
+    rerank: str | None = None,
+    rerank_params: Mapping[str, Any] | None = None,
+) -> Ranking:
+    """Rank ``database (N, D)`` for ``queries (n_q, D)`` by inner product with ``search``, then rerank.
+
+    ``search``: ``"exact"`` (chunked scores of the whole database), ``"faiss-flat"`` or ``"ivfpq"`` (top
+    ``shortlist`` from a faiss index, re-scored exactly; ``search_params`` as
+    :func:`irlib.eval.search.search_params`). For ``"ivfpq"`` the exact top-100 is computed too and recall@100
+    recorded. ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS`; it reorders the search's shortlist
+    (query expansion searches again the same way), reading only the shortlisted database rows.
+    """
+    params = fill_search_params(search, search_params)
+    rerank_record = {"method": rerank, "params": reranker_params(rerank, rerank_params)} if rerank else None
+    record: dict[str, Any] = {"method": search, "params": params}
+    if search == "exact":
+        stacked = isinstance(database, StackedDatabase)
+        scores = database_scores(queries, database) if stacked else similarity(queries, database)
+        if rerank:
+            scores = rerank_scores(rerank, scores, queries, database, rerank_record["params"])
+        return Ranking(scores, None, record, rerank_record)
+    searcher = ShortlistSearch(database, search, params)
+    _, ids, index_ids = searcher(queries)
+    if search == "ivfpq":
+        record["recall@100"] = _recall_at_100(queries, database, ids, index_ids)
+    if rerank:
+        ids = _rerank_shortlist(rerank, rerank_record["params"], queries, database, ids, searcher)
+    return Ranking(None, ids, record, rerank_record)
+
+
+def _recall_at_100(
+    queries: np.ndarray, database: np.ndarray | StackedDatabase, ids: np.ndarray, index_ids: np.ndarray
+) -> dict[str, float | int]:
+    """Recall@min(100, N) of ``ids`` and ``index_ids`` ``(n_q, L)`` against the exact top (full scores)."""
+    k = min(100, len(database))
+    if ids.shape[1] < k:
+        raise ValueError(f"ivfpq measures recall@100 against exact search: shortlist must be at least {k}")
+    exact = top_k_ids(database_scores(queries, database), k)
+    return {"k": k, "ranking": recall_at_k(ids, exact, k), "index_order": recall_at_k(index_ids, exact, k)}
+
+
+def _rerank_shortlist(
+    method: str,
+    params: Mapping[str, Any],
+    queries: np.ndarray,
+    database: np.ndarray | StackedDatabase,
+    ids: np.ndarray,
+    searcher: ShortlistSearch,
+) -> np.ndarray:
+    """Reranked ``ids (n_q, L)``: shortlist rerankers reorder the first ``min(M, L)`` and keep the rest; query
+    expansion expands from the first ``k`` and searches again with ``searcher``."""
+    top = ids[:, : shortlist_depth(method, params)]
+    if method in QUERY_EXPANSIONS:
+        if not top.shape[1]:  # nothing to expand with: the order is unchanged
+            return ids
+        return searcher(expand_queries(method, queries, database, top, params))[1]
+    return np.concatenate([rerank_ids(method, queries, database, top, params), ids[:, top.shape[1] :]], axis=1)
 
 
 def evaluate_model(
@@ -54,6 +178,8 @@ def evaluate_model(
     kappas: Sequence[int] = (1, 5, 10),
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    search: str = "exact",
+    search_params: Mapping[str, Any] | None = None,
     rerank: str | None = None,
     rerank_params: Mapping[str, Any] | None = None,
     dba: Mapping[str, Any] | None = None,
@@ -66,13 +192,18 @@ def evaluate_model(
     extract``) with the same model and settings; its memory-mapped descriptors join the database after the test
     images (``<name>+1m``), searched in blocks of rows and never copied whole.
 
-    ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS` with ``rerank_params`` (defaults filled in and
-    recorded); its shortlist comes from the descriptors only. ``dba``: ``{"k": ..., "alpha": ...}`` replaces the
-    database descriptors by their αDBA augmentation before search (``O(N² D)``).
+    ``search`` / ``search_params``: :data:`irlib.eval.search.SEARCHES` (see :func:`search_database` and the module
+    docstring on truncated rankings). ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS` with
+    ``rerank_params`` (defaults filled in and recorded); it reranks the search's shortlist, which comes from the
+    descriptors only. ``dba``: ``{"k": ..., "alpha": ...}`` replaces the database descriptors by their αDBA
+    augmentation before search (``O(N² D)``). The settings record the weights file's checksum (``weights_sha256``,
+    None without a file) and ``state_dict_sha256``, :func:`irlib.eval.extract.model_fingerprint` of the model
+    evaluated (built-in pretrained weights included).
     """
     t0 = time.perf_counter()
+    fingerprint = model_fingerprint(model)
     distractors, meta = (
-        _distractor_features(distractor_features, model, cfg, dataset) if distractor_features else (None, {})
+        _distractor_features(distractor_features, fingerprint, cfg, dataset) if distractor_features else (None, {})
     )
     q, x = extract_revisited(model, dataset, cfg, cache_dir=cache_dir, progress=progress)
     seconds = {"extract": round(time.perf_counter() - t0, 3)}
@@ -99,30 +230,40 @@ def evaluate_model(
             "dataset_dir": str(dataset.root),
             "gnd_sha256": sha256_file(dataset.gnd_path),
             "weights_sha256": sha256_file(model_config["weights"]) if model_config.get("weights") else None,
+            "state_dict_sha256": fingerprint,
             "device": str(cfg.resolved_device()),
             "versions": {"irlib": irlib.__version__, "torch": torch.__version__, "python": platform.python_version()},
             "seconds": seconds,
         },
     }
-    return _score(EvalResult(metrics, pd.DataFrame(), q, x, np.empty((0, 0))), dataset, rerank, rerank_params, dba)
+    result = EvalResult(metrics, pd.DataFrame(), q, x, None)
+    return _score(result, dataset, search, search_params, rerank, rerank_params, dba)
 
 
 def rescore(
     result: EvalResult,
     dataset: RevisitedDataset,
     *,
+    search: str | None = None,
+    search_params: Mapping[str, Any] | None = None,
     rerank: str | None = None,
     rerank_params: Mapping[str, Any] | None = None,
     dba: Mapping[str, Any] | None = None,
 ) -> EvalResult:
-    """The descriptors of ``result`` evaluated again with another reranking (or none): no extraction, and the same
-    recorded settings apart from ``rerank``, ``dba`` and the timing."""
-    return _score(result, dataset, rerank, rerank_params, dba)
+    """The descriptors of ``result`` evaluated again with another search (``None``: ``result``'s search and its
+    parameters) and reranking (or none): no extraction, and the same recorded settings apart from ``search``,
+    ``rerank``, ``dba`` and the timing."""
+    if search is None:
+        recorded = result.metrics["settings"]["search"]
+        search, search_params = recorded["method"], recorded["params"]
+    return _score(result, dataset, search, search_params, rerank, rerank_params, dba)
 
 
 def _score(
     result: EvalResult,
     dataset: RevisitedDataset,
+    search: str,
+    search_params: Mapping[str, Any] | None,
     rerank: str | None,
     rerank_params: Mapping[str, Any] | None,
     dba: Mapping[str, Any] | None,
@@ -133,31 +274,31 @@ def _score(
     if dba and isinstance(x, StackedDatabase):
         raise ValueError("αDBA costs O(N² D): it is not run over distractor features; evaluate without dba")
     searched = alpha_dba(x, **dba) if dba else x
-    scores = database_scores(q, searched) if isinstance(searched, StackedDatabase) else similarity(q, searched)
-    if rerank:
-        rerank_params = reranker_params(rerank, rerank_params)
-        scores = rerank_scores(rerank, scores, q, searched, rerank_params)
+    ranking = search_database(
+        q, searched, search=search, search_params=search_params, rerank=rerank, rerank_params=rerank_params
+    )
     kappas = result.metrics["settings"]["kappas"]
-    res = evaluate(dataset.gnd, scores=scores, kappas=kappas)
+    res = ranking.evaluate(dataset.gnd, kappas)
     settings = result.metrics["settings"] | {
-        "rerank": {"method": rerank, "params": dict(rerank_params or {})} if rerank else None,
+        "search": ranking.search,
+        "rerank": ranking.rerank,
         "dba": dict(dba) if dba else None,
     }
     settings["seconds"] = settings["seconds"] | {"search_rerank_and_metrics": round(time.perf_counter() - t0, 3)}
     metrics = result.metrics | {"settings": settings} | protocol_metrics(res, kappas)
     per_query = pd.DataFrame({p: res[p]["aps"] * 100 for p in PROTOCOLS}, index=pd.Index(dataset.qimlist, name="query"))
-    return EvalResult(metrics, per_query, q, x, scores)
+    return EvalResult(metrics, per_query, q, x, ranking.scores, ranking.ids)
 
 
 def _distractor_features(
-    folder: str | os.PathLike, model: nn.Module, cfg: ExtractConfig, dataset: RevisitedDataset
+    folder: str | os.PathLike, fingerprint: str, cfg: ExtractConfig, dataset: RevisitedDataset
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The memory-mapped distractor descriptors of ``folder`` and its meta, checked to come from this model and
-    settings."""
+    """The memory-mapped distractor descriptors of ``folder`` and its meta, checked to come from the model with
+    ``fingerprint`` (:func:`irlib.eval.extract.model_fingerprint`) and these settings."""
     if dataset.distractors:
         raise ValueError(f"{dataset.label} already has distractor images; pass either them or distractor features")
     meta = read_meta(folder)
-    if meta["model"] != model_fingerprint(model):
+    if meta["model"] != fingerprint:
         raise ValueError(f"{folder} holds descriptors of other model weights than the model evaluated")
     image_fields = [k for k in cfg.settings() if k not in ("crop_queries", "crop_mode", "fp16")]
     differ = [k for k in image_fields if meta["settings"].get(k) != cfg.settings()[k]]

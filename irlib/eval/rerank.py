@@ -507,6 +507,39 @@ def reranker_params(method: str, params: Mapping[str, Any] | None = None) -> dic
     return merged
 
 
+def shortlist_depth(method: str, params: Mapping[str, Any]) -> int:
+    """How many of each query's top results ``method`` reads: ``k`` for query expansion, else ``M``."""
+    return int(params["k"] if method in QUERY_EXPANSIONS else params["M"])
+
+
+def _shortlist_rows(
+    Q: np.ndarray, X: np.ndarray | StackedDatabase, top: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(Q float32, rows, X[rows] float32, ranks)``: the distinct database ``rows`` of the shortlists ``top (n_q, m)``,
+    read once, and ``ranks (m, n_q)`` indexing into them, as the rerankers take them."""
+    rows, local = np.unique(top, return_inverse=True)
+    return np.asarray(Q, np.float32), rows, np.asarray(X[rows], np.float32), local.reshape(top.shape).T
+
+
+def rerank_ids(
+    method: str, Q: np.ndarray, X: np.ndarray | StackedDatabase, top: np.ndarray, params: Mapping[str, Any]
+) -> np.ndarray:
+    """Each query's shortlist ``top (n_q, m)`` of database ids (best first) reordered by the shortlist reranker
+    ``method`` (completed ``params``), reading only those rows of ``X``; returns ``(n_q, m)`` ids."""
+    q, rows, sub, ranks = _shortlist_rows(Q, X, top)
+    result = SHORTLIST_RERANKERS[method](q, sub, ranks=ranks, **params)
+    return rows[result.ranks[: top.shape[1]].T]
+
+
+def expand_queries(
+    method: str, Q: np.ndarray, X: np.ndarray | StackedDatabase, top: np.ndarray, params: Mapping[str, Any]
+) -> np.ndarray:
+    """The queries ``(n_q, D)`` expanded by the query expansion ``method`` (completed ``params``) from their top
+    results ``top (n_q, k)``, reading only those rows of ``X``; search again with them."""
+    q, _, sub, ranks = _shortlist_rows(Q, X, top)
+    return QUERY_EXPANSIONS[method](q, sub, ranks=ranks, **params).details["queries"]
+
+
 def rerank_scores(
     method: str,
     scores: np.ndarray,
@@ -525,21 +558,14 @@ def rerank_scores(
     """
     params = reranker_params(method, params)
     scores = np.asarray(scores, dtype=np.float32)
-    Q = np.asarray(Q, dtype=np.float32)
-    if scores.shape != (Q.shape[0], X.shape[0]):
-        raise ValueError(f"scores must have shape (n_q, N) = ({Q.shape[0]}, {X.shape[0]}), got {scores.shape}")
-    depth = params["k"] if method in QUERY_EXPANSIONS else params["M"]
-    top = top_k_ids(scores, min(int(depth), X.shape[0])) if depth else np.zeros((Q.shape[0], 0), np.int64)
-    ids, local = np.unique(top, return_inverse=True)
-    sub = np.asarray(X[ids], dtype=np.float32)
-    local_ranks = local.reshape(top.shape).T
+    if scores.shape != (len(Q), X.shape[0]):
+        raise ValueError(f"scores must have shape (n_q, N) = ({len(Q)}, {X.shape[0]}), got {scores.shape}")
+    top = top_k_ids(scores, min(shortlist_depth(method, params), X.shape[0]))
     if method in QUERY_EXPANSIONS:
-        if not depth:  # nothing to expand with: the query is only re-normalised, the order is unchanged
+        if not top.shape[1]:  # nothing to expand with: the query is only re-normalised, the order is unchanged
             return scores
-        expanded = QUERY_EXPANSIONS[method](Q, sub, ranks=local_ranks, **params).details["queries"]
-        return database_scores(expanded, X)
-    result = SHORTLIST_RERANKERS[method](Q, sub, ranks=local_ranks, **params)
-    head = ids[result.ranks[: top.shape[1]].T]  # (n_q, M') database ids in reranked order
+        return database_scores(expand_queries(method, Q, X, top, params), X)
+    head = rerank_ids(method, Q, X, top, params)
     out = scores.copy()
     # The head takes the next M' float32 values above each query's (positive) maximum, one ulp apart, so the
     # evaluator's score histogram keeps its resolution for the rest of the ranking.

@@ -6,16 +6,26 @@
 * :func:`build_index` / :func:`search_index` / :func:`knn`: top-k with faiss, exact (``"flat"``, ``IndexFlatIP``) or
   approximate (``"ivfpq"``, ``IndexIVFPQ`` trained on a seeded sample); :func:`refine` re-scores an approximate
   shortlist exactly from the database; :func:`recall_at_k` compares approximate with exact top-k.
+* :data:`SEARCHES` / :func:`search_params` / :class:`ShortlistSearch`: the searches of an evaluation
+  (``irlib.eval.pipeline``): ``"exact"`` (the full score matrix, :func:`database_scores`), ``"faiss-flat"`` and
+  ``"ivfpq"`` (each query's top-``shortlist`` from a faiss index, re-scored exactly).
+* :class:`StackedDatabase`: the test database followed by memory-mapped +1M distractors, searched as one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import faiss
 import numpy as np
 
 
-def _as_2d(name: str, a: np.ndarray) -> np.ndarray:
-    """``a`` as an array (a memory map stays one, nothing is copied), checked to be ``(n, dim)``."""
+def _as_2d(name: str, a: np.ndarray | StackedDatabase) -> np.ndarray | StackedDatabase:
+    """``a`` as an array (a memory map stays one, nothing is copied), checked to be ``(n, dim)``; a
+    :class:`StackedDatabase` is returned as it is (it reads float32 rows by id or slice)."""
+    if isinstance(a, StackedDatabase):
+        return a
     a = np.asarray(a)
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n, dim), got shape {a.shape}")
@@ -23,7 +33,7 @@ def _as_2d(name: str, a: np.ndarray) -> np.ndarray:
 
 
 def _as_f32(name: str, a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(_as_2d(name, a), dtype=np.float32)
+    return np.ascontiguousarray(_as_2d(name, np.asarray(a)), dtype=np.float32)
 
 
 def similarity(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
@@ -34,13 +44,16 @@ def similarity(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     return q @ x.T
 
 
-def similarity_chunked(queries: np.ndarray, database: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+def similarity_chunked(
+    queries: np.ndarray, database: np.ndarray, *, chunk: int = 4096, out: np.ndarray | None = None
+) -> np.ndarray:
     """Score matrix ``(n_queries, N)`` float32 = ``queries @ database.T``, the database read ``chunk`` rows at a time.
 
     ``database`` may be float16 and memory-mapped (``np.load(path, mmap_mode="r")``, ``shards.load_features``):
     each block is upcast into one reused ``(chunk, dim)`` float32 buffer, so memory is the score matrix plus that
     buffer (and the page cache of the mapped file). The numbers are :func:`similarity`'s on the float32 database up
     to summation order inside the BLAS (with numpy's OpenBLAS, blocks of thousands of rows give the same bits).
+    ``out``: a float32 ``(n_queries, N)`` array (or a column slice of a wider one) written in place and returned.
     """
     q = _as_f32("queries", queries)
     database = _as_2d("database", database)
@@ -49,7 +62,10 @@ def similarity_chunked(queries: np.ndarray, database: np.ndarray, *, chunk: int 
         raise ValueError(f"descriptor sizes differ: queries {q.shape[1]}, database {dim}")
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
-    out = np.empty((q.shape[0], n), dtype=np.float32)
+    if out is None:
+        out = np.empty((q.shape[0], n), dtype=np.float32)
+    elif out.shape != (q.shape[0], n) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {(q.shape[0], n)}, got {out.dtype} {out.shape}")
     block = np.empty((min(chunk, n), dim), dtype=np.float32)
     block_scores = np.empty((min(chunk, n), q.shape[0]), dtype=np.float32)
     for s in range(0, n, chunk):
@@ -65,7 +81,7 @@ INDEX_KINDS: tuple[str, ...] = ("flat", "ivfpq")
 
 
 def build_index(
-    database: np.ndarray,
+    database: np.ndarray | StackedDatabase,
     kind: str = "flat",
     *,
     nlist: int = 1024,
@@ -151,7 +167,9 @@ def knn(
     return search_index(build_index(database, index, **index_options), q, k)
 
 
-def refine(queries: np.ndarray, database: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def refine(
+    queries: np.ndarray, database: np.ndarray | StackedDatabase, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact re-scoring of candidate lists, e.g. an IVF-PQ top-``k'`` with ``k' > k``.
 
     Each query's candidates ``ids (n_queries, k')`` (padding -1 ignored) are read from the (memory-mapped)
@@ -208,8 +226,13 @@ class StackedDatabase:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` (integer array) as float32 ``(len(ids), D)``."""
+    def __getitem__(self, ids: np.ndarray | slice) -> np.ndarray:
+        """Rows ``ids`` (integer array, or a slice with step 1) as float32 ``(len(ids), D)``."""
+        if isinstance(ids, slice):
+            start, stop, step = ids.indices(len(self))
+            if step != 1:
+                raise IndexError(f"a StackedDatabase slice must have step 1, got {step}")
+            ids = np.arange(start, max(start, stop))
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= len(self))):
             raise IndexError(f"row ids must be a 1-D array in [0, {len(self)})")
@@ -225,6 +248,80 @@ class StackedDatabase:
 
 
 def database_scores(queries: np.ndarray, database: np.ndarray | StackedDatabase) -> np.ndarray:
-    """``(n_queries, N)`` float32 scores against an in-memory, memory-mapped or stacked database (blocks of rows)."""
-    parts = database.parts if isinstance(database, StackedDatabase) else [database]
-    return np.concatenate([similarity_chunked(queries, p) for p in parts], axis=1)
+    """``(n_queries, N)`` float32 scores against an in-memory, memory-mapped or stacked database (blocks of rows).
+
+    A stacked database's parts are scored straight into their columns of the one output (no per-part copies).
+    """
+    if not isinstance(database, StackedDatabase):
+        return similarity_chunked(queries, database)
+    out = np.empty((np.shape(queries)[0], len(database)), dtype=np.float32)
+    for part, start in zip(database.parts, database.offsets[:-1], strict=True):
+        similarity_chunked(queries, part, out=out[:, start : start + len(part)])
+    return out
+
+
+SEARCHES: tuple[str, ...] = ("exact", "faiss-flat", "ivfpq")
+"""Searches of an evaluation: ``"exact"`` scores the whole database (:func:`database_scores`, the full ranking);
+``"faiss-flat"`` (``IndexFlatIP``) and ``"ivfpq"`` (``IndexIVFPQ``) return each query's top-``shortlist``,
+re-scored exactly (:class:`ShortlistSearch`)."""
+_SEARCH_DEFAULTS: dict[str, dict[str, int]] = {
+    "exact": {},
+    "faiss-flat": {"shortlist": 1000},
+    "ivfpq": {"shortlist": 1000, "nprobe": 16, "nlist": 1024, "m": 64, "nbits": 8, "train_size": 65536, "seed": 0},
+}
+
+
+def search_params(search: str, params: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """``params`` of ``search`` (one of :data:`SEARCHES`) completed with the defaults (what a run records).
+
+    ``shortlist``: ranking length kept per query; ``nprobe``, ``nlist``, ``m``, ``nbits``, ``train_size``,
+    ``seed``: :func:`build_index`'s IVF-PQ options. Unknown names and non-positive integers raise ValueError.
+    """
+    if search not in _SEARCH_DEFAULTS:
+        raise ValueError(f"unknown search {search!r}; expected one of {SEARCHES}")
+    defaults = _SEARCH_DEFAULTS[search]
+    unknown = sorted(set(params or {}) - set(defaults))
+    if unknown:
+        takes = ", ".join(defaults) or "no parameters"
+        raise ValueError(f"search {search!r} takes {takes}; unknown parameter(s) {', '.join(unknown)}")
+    merged = defaults | dict(params or {})
+    for name, value in merged.items():
+        least = 0 if name == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"search parameter {name} must be an integer >= {least}, got {value!r}")
+    return {name: int(value) for name, value in merged.items()}
+
+
+class ShortlistSearch:
+    """Each query's top-``shortlist`` of ``database`` from a faiss index, re-scored exactly by :func:`refine`.
+
+    ``search`` is ``"faiss-flat"`` (exact ``IndexFlatIP``: a float32 copy of the database) or ``"ivfpq"``; the
+    index is built once (``params`` as :func:`search_params`), so expanded queries can search it again.
+    """
+
+    def __init__(
+        self, database: np.ndarray | StackedDatabase, search: str, params: Mapping[str, Any] | None = None
+    ) -> None:
+        if search not in ("faiss-flat", "ivfpq"):
+            raise ValueError(f"a shortlist search is 'faiss-flat' or 'ivfpq', got {search!r}")
+        options = search_params(search, params)
+        self.database = _as_2d("database", database)
+        self.shortlist = min(options.pop("shortlist"), len(self.database))
+        self.index = build_index(self.database, "flat" if search == "faiss-flat" else "ivfpq", **options)
+
+    def __call__(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(scores, ids, index_ids)``, each ``(n_queries, shortlist)``: ``ids`` ranked by the exact ``scores``
+        (best first, ties by lower id), ``index_ids`` in the index's own order (IVF-PQ's approximate one).
+
+        Raises ValueError when the index returns fewer than ``shortlist`` ids for a query (IVF-PQ scanning too few
+        lists): a ranking with holes cannot be evaluated.
+        """
+        _, index_ids = search_index(self.index, queries, self.shortlist)
+        short = np.flatnonzero((index_ids < 0).any(axis=1))
+        if short.size:
+            raise ValueError(
+                f"the index returned fewer than shortlist={self.shortlist} ids for {short.size} queries (e.g. "
+                f"query {short[0]}); raise nprobe or lower shortlist"
+            )
+        scores, ids = refine(queries, self.database, index_ids, self.shortlist)
+        return scores, ids, index_ids

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 
 from irlib.eval.search import (
+    ShortlistSearch,
+    StackedDatabase,
     build_index,
+    database_scores,
     knn,
     recall_at_k,
     refine,
     search_index,
+    search_params,
     similarity,
     similarity_chunked,
 )
@@ -125,3 +129,60 @@ def test_index_options_and_recall_inputs_are_checked():
     assert recall_at_k(ids, np.array([[2, 1, 0, 3], [7, 6, 9, 8]]), k=4) == (3 / 4 + 2 / 4) / 2
     with pytest.raises(ValueError, match="at least k columns"):
         recall_at_k(ids, ids, k=5)
+
+
+def _stacked(tmp_path, rng, sizes, d=16):
+    """A StackedDatabase of an in-memory float32 part and a float16 memory map, and its dense float32 copy."""
+    head, tail = _unit(rng, sizes[0], d), _unit(rng, sizes[1], d).astype(np.float16)
+    np.save(tmp_path / "tail.npy", tail)
+    stacked = StackedDatabase(head, np.load(tmp_path / "tail.npy", mmap_mode="r"))
+    return stacked, np.concatenate([head, tail.astype(np.float32)])
+
+
+def test_stacked_scores_are_written_in_place_without_a_second_copy(tmp_path):
+    import tracemalloc
+
+    rng = np.random.default_rng(6)
+    q = _unit(rng, 40, 16)
+    stacked, dense = _stacked(tmp_path, rng, sizes=(20000, 40000))
+    tracemalloc.start()
+    got = database_scores(q, stacked)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(got, similarity(q, dense), rtol=0, atol=1e-6)
+    assert got.shape == (40, 60000) and got.dtype == np.float32 and got.flags.c_contiguous
+    # the output plus one pair of block buffers (0.9 MB); concatenating per-part matrices needs twice the output
+    assert peak < 1.5 * got.nbytes, (peak, got.nbytes)
+    with pytest.raises(ValueError, match="out must be float32 of shape"):
+        similarity_chunked(q, dense, out=np.empty((40, 5), np.float32))
+
+
+def test_stacked_database_rows_by_slice_and_faiss_search_over_it(tmp_path):
+    rng = np.random.default_rng(7)
+    stacked, dense = _stacked(tmp_path, rng, sizes=(50, 70))
+    np.testing.assert_array_equal(stacked[40:65], dense[40:65])
+    np.testing.assert_array_equal(stacked[110:500], dense[110:])
+    with pytest.raises(IndexError, match="step 1"):
+        stacked[::2]
+    q = _unit(rng, 4, 16)
+    search = ShortlistSearch(stacked, "faiss-flat", {"shortlist": 30})
+    scores, ids, index_ids = search(q)
+    full = similarity(q, dense)
+    np.testing.assert_array_equal(ids, np.argsort(-full, axis=1, kind="stable")[:, :30])
+    np.testing.assert_array_equal(np.sort(index_ids, axis=1), np.sort(ids, axis=1))
+    np.testing.assert_allclose(scores, np.take_along_axis(full, ids, axis=1), rtol=1e-6)
+    assert ShortlistSearch(stacked, "faiss-flat", {"shortlist": 500}).shortlist == 120  # capped at N
+
+
+def test_search_parameters_are_completed_and_checked():
+    assert search_params("exact") == {}
+    assert search_params("faiss-flat", {"shortlist": 50}) == {"shortlist": 50}
+    assert search_params("ivfpq", {"nprobe": 64})["nprobe"] == 64 and search_params("ivfpq")["nlist"] == 1024
+    with pytest.raises(ValueError, match="unknown search 'hnsw'"):
+        search_params("hnsw")
+    with pytest.raises(ValueError, match="search 'exact' takes no parameters; unknown parameter.s. nprobe"):
+        search_params("exact", {"nprobe": 4})
+    with pytest.raises(ValueError, match="search parameter shortlist must be an integer >= 1, got 2.5"):
+        search_params("faiss-flat", {"shortlist": 2.5})
+    with pytest.raises(ValueError, match="a shortlist search is 'faiss-flat' or 'ivfpq'"):
+        ShortlistSearch(np.zeros((3, 4), np.float32), "exact")
