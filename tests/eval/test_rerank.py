@@ -285,7 +285,6 @@ def test_k_reciprocal_rerank_improves_planted_clusters():
     assert res.details["jaccard"].shape == (8, 60)
 
 
-
 def _k_reciprocal_by_sets(dist: np.ndarray, k1: int, k2: int, lam: float):
     """Zhong et al. (CVPR 2017) Eqs. 4-13 restated with Python sets, one node at a time (no shared code paths)."""
     n = len(dist)
@@ -310,7 +309,9 @@ def _k_reciprocal_by_sets(dist: np.ndarray, k1: int, k2: int, lam: float):
         idx = sorted(members)
         v[i, idx] = np.exp(-d[i, idx]) / np.exp(-d[i, idx]).sum()
     v = np.array([v[nearest[i][:k2]].mean(axis=0) for i in range(n)])
-    jac = np.array([[1 - np.minimum(v[i], v[j]).sum() / np.maximum(v[i], v[j]).sum() for j in range(n)] for i in range(n)])
+    jac = np.array(
+        [[1 - np.minimum(v[i], v[j]).sum() / np.maximum(v[i], v[j]).sum() for j in range(n)] for i in range(n)]
+    )
     return jac, (1 - lam) * jac + lam * d, grew
 
 
@@ -331,6 +332,7 @@ def test_k_reciprocal_matches_a_set_by_set_restatement_of_the_paper():
         no_qe, _ = k_reciprocal_distance(dist, k1=k1, k2=1, lam=0.3)
         assert np.abs(no_qe - jac).max() > 1e-3  # the k2 averaging is exercised
     assert expanded > 10  # and so is the 2/3 expansion
+
 
 # --- diffusion --------------------------------------------------------------------------------------------------
 
