@@ -286,7 +286,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "sweep", help="run a notebook with papermill over a parameter grid into OUT/NAME/<point>/ (resumable)"
     )
     p.add_argument("notebook", type=Path, help="the parameterised notebook (a cell tagged `parameters`)")
-    p.add_argument("--name", required=True, help="sweep name: the folder under --out")
+    p.add_argument("--name", help="sweep name: the folder under --out (default: the notebook's stem)")
     p.add_argument(
         "-p",
         "--param",

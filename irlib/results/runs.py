@@ -10,7 +10,9 @@
      "git": {"commit": "...", "dirty": false},   # nulls outside a git checkout
      "versions": {"irlib", "torch", "timm", "numpy", "python"},
      "dataset": {"name": "roxford5k", "distractors": "none" | "r1m", "gnd_sha256": "..."},
-     "weights_sha256": "..." | null,
+                                           # train: also "train_split_files" {path: sha256} and "train_split_sha256"
+     "weights_sha256": "..." | null,       # the weights file (eval: null for built-in weights; train: model.pth)
+     "state_dict_sha256": "..." | null,    # eval: fingerprint of the weights evaluated, built-in ones included
      "seconds": 12.3}                      # wall time of the run
 """
 
@@ -47,7 +49,9 @@ COLUMNS = (
     "git_commit",
     "git_dirty",
     "gnd_sha256",
+    "train_split_sha256",
     "weights_sha256",
+    "state_dict_sha256",
     "seconds",
 )
 
@@ -75,6 +79,7 @@ def new_record(
     metrics: Mapping[str, Any],
     dataset: Mapping[str, Any] | None = None,
     weights_sha256: str | None = None,
+    state_dict_sha256: str | None = None,
     seconds: float | None = None,
 ) -> dict[str, Any]:
     """A run record for the run in folder ``out``, stamped now with the git state and library versions."""
@@ -91,6 +96,7 @@ def new_record(
         "versions": library_versions(),
         "dataset": dict(dataset or {"name": None, "distractors": None, "gnd_sha256": None}),
         "weights_sha256": weights_sha256,
+        "state_dict_sha256": state_dict_sha256,
         "seconds": seconds,
     }
 
@@ -99,7 +105,7 @@ def _eval_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The record fields of an evaluation's ``metrics.json`` content, apart from the id, time, git and versions."""
     settings = dict(metrics.get("settings", {}))
     seconds = settings.pop("seconds", None)
-    for key in ("versions", "gnd_sha256", "weights_sha256"):
+    for key in ("versions", "gnd_sha256", "weights_sha256", "state_dict_sha256"):
         settings.pop(key, None)
     name, _, suffix = str(metrics.get("dataset")).partition("+")
     distractors = "none" if not suffix else "r1m" if suffix == "1m" else suffix
@@ -108,6 +114,7 @@ def _eval_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": {p: metrics[p] for p in PROTOCOLS if p in metrics},
         "dataset": {"name": name, "distractors": distractors, "gnd_sha256": metrics["settings"].get("gnd_sha256")},
         "weights_sha256": metrics["settings"].get("weights_sha256"),
+        "state_dict_sha256": metrics["settings"].get("state_dict_sha256"),
         "seconds": round(sum(seconds.values()), 3) if isinstance(seconds, Mapping) else seconds,
     }
 
@@ -151,7 +158,9 @@ def _row(record: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         "git_commit": git.get("commit"),
         "git_dirty": git.get("dirty"),
         "gnd_sha256": dataset.get("gnd_sha256"),
+        "train_split_sha256": dataset.get("train_split_sha256"),
         "weights_sha256": record.get("weights_sha256"),
+        "state_dict_sha256": record.get("state_dict_sha256"),
         "seconds": record.get("seconds"),
     }
     flat = pd.json_normalize(record.get("metrics") or {}, sep=".")
@@ -178,8 +187,9 @@ def load_runs(root_or_paths: str | os.PathLike | Iterable[str | os.PathLike], ki
     Columns: ``id``, ``kind`` (eval/train), ``path`` (the run folder), ``created`` (UTC timestamp), ``dataset``
     (base name, e.g. ``roxford5k``), ``distractors`` (none/r1m, as in :func:`published_results`), ``method``,
     ``backbone``, ``rerank`` (reranker name or None), ``git_commit``, ``git_dirty``, ``gnd_sha256``,
-    ``weights_sha256``, ``seconds``, then the metrics flattened with dots: ``easy.map``, ``medium.map``,
-    ``hard.map``, ``medium.mp@k.5`` ... for evaluations, ``loss``, ``step`` ... for training.
+    ``train_split_sha256``, ``weights_sha256``, ``state_dict_sha256``, ``seconds``, then the metrics flattened with
+    dots: ``easy.map``, ``medium.map``, ``hard.map``, ``medium.mp@k.5`` ... for evaluations, ``loss``, ``step`` ...
+    for training.
 
     Legacy evaluation folders with ``metrics.json`` but no ``run.json`` are loaded as ``kind="eval"`` with unknown
     ``created``/``git_*`` (missing values) and an id hashed from their folder. ``kind`` keeps only that kind.

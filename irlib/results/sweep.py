@@ -1,4 +1,5 @@
-"""Notebook sweeps: papermill over a parameter grid into ``<out>/<sweep>/<point>/``, resumable.
+"""Notebook sweeps: papermill over a parameter grid into ``<out>/<sweep>/<point>/``, resumable; ``<sweep>``
+defaults to the notebook's stem.
 
 Each point folder holds the executed notebook, ``point.json`` (name, parameters, status ``done``/``failed``,
 seconds) and, when it failed, ``error.txt``. A point whose ``point.json`` says ``done`` is skipped on a rerun; a
@@ -20,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from irlib.io import write_json
+from irlib.io import atomic_path, write_json
 
 POINT_FILE = "point.json"
 ERROR_FILE = "error.txt"
@@ -61,7 +62,7 @@ def _short(err: BaseException) -> str:
 
 def run_sweep(
     notebook: str | os.PathLike,
-    sweep: str,
+    sweep: str | None,
     parameters: Mapping[str, Sequence[Any]],
     *,
     out: str | os.PathLike = "runs",
@@ -69,7 +70,8 @@ def run_sweep(
     cwd: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
 ) -> list[PointResult]:
-    """Execute ``notebook`` once per grid point into ``out/sweep/<point>/``, skipping points already done.
+    """Execute ``notebook`` once per grid point into ``out/sweep/<point>/``, skipping points already done;
+    ``sweep`` None: the notebook's stem (``04_visualization``).
 
     The notebook gets the point's parameters and ``out_dir`` (the absolute point folder); it runs in ``cwd``
     (default: the notebook's folder). A failing point is recorded and the sweep goes on.
@@ -83,7 +85,7 @@ def run_sweep(
     names = [point_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"parameter values give clashing folder names: {names}")
-    root = Path(out) / sweep
+    root = Path(out) / (sweep or notebook.stem)
     write_json(
         root / MANIFEST,
         {
@@ -115,7 +117,8 @@ def run_sweep(
             )
             result = PointResult(name, point, "done", round(time.perf_counter() - t0, 3))
         except Exception as err:  # any failure of the point is reported and the sweep continues
-            (folder / ERROR_FILE).write_text("".join(traceback.format_exception(err)))
+            with atomic_path(folder / ERROR_FILE) as tmp:
+                tmp.write_text("".join(traceback.format_exception(err)))
             result = PointResult(name, point, "failed", round(time.perf_counter() - t0, 3), _short(err))
             log(f"{name}: failed ({result.error}), see {folder / ERROR_FILE}")
         write_json(record, {"name": name, "parameters": point, "status": result.status, "seconds": result.seconds})

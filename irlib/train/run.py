@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,24 @@ from irlib.train.config import TrainConfig
 from irlib.train.engine import MODEL, Trainer
 
 LABELS = "labels.json"
+
+
+def _split_files(cfg: TrainConfig, info: dict[str, Any]) -> list[Path]:
+    """The files that define the training split a run read, in reading order: GLDv2's CSV (``info["csv"]``, the one
+    the loader found) and the exclusion file; UnED's ``info_files/<domain>/train.json`` per domain."""
+    if cfg.dataset == "uned":
+        return [Path(cfg.data_dir) / "info_files" / d / "train.json" for d in info["domains"]]
+    return [Path(info["csv"])] + ([Path(cfg.exclude)] if cfg.exclude else [])
+
+
+def _split_checksums(paths: Sequence[Path]) -> dict[str, Any]:
+    """``{"train_split_files": {path: sha256}, "train_split_sha256": ...}``; the latter hashes the files' digests in
+    order, so it names the split's content wherever the files lie."""
+    digests = {str(p): sha256_file(p) for p in paths}
+    return {
+        "train_split_files": digests,
+        "train_split_sha256": hashlib.sha256("\n".join(digests.values()).encode()).hexdigest(),
+    }
 
 
 def init_distributed() -> bool:
@@ -33,7 +53,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 
     The label map (original landmark id -> class index, ids sorted numerically) is saved as ``labels.json`` in
     ``out_dir`` and reused on resume. An existing run is continued with ``resume`` or replaced with ``overwrite``.
-    Rank 0 writes the run record ``run.json`` (:mod:`irlib.results`) at the end.
+    Rank 0 writes the run record ``run.json`` (:mod:`irlib.results`) at the end; its ``dataset`` holds the
+    checksums of the split's files (:func:`_split_checksums`; ``gnd_sha256``, the test ground truth's, is None).
     """
     from irlib.data.gldv2 import gldv2_train
     from irlib.data.transforms import train_transform
@@ -66,7 +87,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
                 out,
                 params=dataclasses.asdict(cfg),
                 metrics=result,
-                dataset={"name": cfg.dataset, "distractors": None, "gnd_sha256": None},
+                dataset={
+                    "name": cfg.dataset,
+                    "distractors": None,
+                    "gnd_sha256": None,
+                    **_split_checksums(_split_files(cfg, dataset.info)),
+                },
                 weights_sha256=sha256_file(weights) if weights.is_file() else None,
                 seconds=round(time.perf_counter() - t0, 3),
             )

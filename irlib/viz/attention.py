@@ -3,7 +3,8 @@ norms), overlays on the image and side-by-side panels for several methods on the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
-__all__ = ["activation_map", "grad_cam", "overlay", "plot_attention", "preprocess"]
+__all__ = ["activation_map", "default_layer", "grad_cam", "overlay", "plot_attention", "preprocess"]
 
 
 def preprocess(model: nn.Module, image: Image.Image, size: int = 224) -> Tensor:
@@ -29,11 +30,60 @@ def preprocess(model: nn.Module, image: Image.Image, size: int = 224) -> Tensor:
     return ((x - mean) / std).unsqueeze(0)
 
 
-def _to_image_map(cam: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """``(h, w)`` map -> ``(H, W)`` bilinear upsampled, min-max scaled to [0, 1] (all zeros when flat)."""
-    up = F.interpolate(cam[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    lo, hi = up.min(), up.max()
-    return ((up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)).numpy()
+def _upsample(cam: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(h, w)`` map -> ``(H, W)``, bilinear."""
+    return F.interpolate(cam[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def _unit(m: Tensor) -> np.ndarray:
+    """Min-max scaled to [0, 1]; all zeros when flat."""
+    lo, hi = m.min(), m.max()
+    return ((m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)).numpy()
+
+
+@contextmanager
+def _frozen_eval(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode with parameters not requiring grad inside the block; both restored after."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The model's first submodule named ``backbone`` (wrappers included, e.g. BatchFormer's ``model.backbone``),
+    or the model itself when it has none."""
+    return next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "backbone"), model)
+
+
+def default_layer(model: nn.Module, x: Tensor) -> nn.Module:
+    """Grad-CAM's default layer: the last module inside the model's backbone (see :func:`_backbone`) to output a
+    4-D ``(B, C, h, w)`` tensor in an eval-mode forward of ``x``, i.e. the backbone's final feature map: the same
+    place for every method of the zoo, however it calls its backbone (``forward_features``, stage by stage as DOLG,
+    ``forward_intermediates`` as Ultron, once per scale as SuperGlobal)."""
+    fired: list[nn.Module] = []
+
+    def note(module: nn.Module, _inputs: object, out: object) -> None:
+        if isinstance(out, Tensor) and out.ndim == 4:
+            fired.append(module)
+
+    handles = [m.register_forward_hook(note) for m in _backbone(model).modules()]
+    try:
+        with _frozen_eval(model), torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not fired:
+        raise ValueError(f"no module of {type(model).__name__}'s backbone outputs a (B, C, h, w) map: pass layer=")
+    return fired[-1]
 
 
 def grad_cam(
@@ -45,65 +95,42 @@ def grad_cam(
     to see what makes a database image match it). Self-similarity with the image's own descriptor has zero gradient
     under L2 normalisation, so the default target is the detached difference between the image's descriptor and
     that of a blank (mean-colour, all-zero input) image: what sets this image apart from an empty one.
-    Gradients are taken at the output of ``layer`` or, by default, of ``model.forward_features``; the model's
+    Gradients are taken at the output of ``layer`` (default: :func:`default_layer`); when the layer runs several
+    times in one forward (a multi-scale model), the maps of all its passes are upsampled and summed. The model's
     train/eval mode and parameters' ``requires_grad`` are restored afterwards.
     """
     captured: list[Tensor] = []
-
-    def keep(out: Tensor) -> Tensor:
-        if not captured:
-            captured.append(out)
-        return out
-
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    handle = None
-    try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with _frozen_eval(model):
         if target is None:
             with torch.no_grad():
                 target = model(x)[0] - model(torch.zeros_like(x))[0]
-        if layer is not None:
-            handle = layer.register_forward_hook(lambda _m, _i, out: keep(out))
-        else:
-            original = model.forward_features
-            model.forward_features = lambda inp: keep(original(inp))  # instance attribute shadows the method
+        layer = layer if layer is not None else default_layer(model, x)
+        handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
             with torch.enable_grad():
-                descriptor = model(x.detach().clone().requires_grad_(True))[0]
-                if not captured:
-                    raise ValueError(
-                        f"{type(model).__name__}.forward does not call forward_features: pass layer= (the module "
-                        "whose output is the feature map)"
-                    )
-                (grads,) = torch.autograd.grad((descriptor * target.detach()).sum(), captured[0])
+                explained = (model(x.detach().clone().requires_grad_(True))[0] * target.detach()).sum()
         finally:
-            if layer is None:
-                del model.forward_features
-    finally:
-        if handle is not None:
             handle.remove()
-        for p, flag in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-        model.train(was_training)
-    features = captured[0].detach()[0]  # (C, h, w)
-    weights = grads[0].mean(dim=(-2, -1))  # (C,)
-    cam = F.relu((weights[:, None, None] * features).sum(0))
-    return _to_image_map(cam, tuple(x.shape[-2:]))
+        if not captured:
+            raise ValueError(f"layer {type(layer).__name__} did not run in {type(model).__name__}.forward")
+        linked = [c for c in captured if c.requires_grad]  # the passes that depend on the image
+        grads = torch.autograd.grad(explained, linked, allow_unused=True) if linked else ()
+    size = tuple(x.shape[-2:])
+    cams = [
+        _upsample(F.relu((g[0].mean(dim=(-2, -1))[:, None, None] * a.detach()[0]).sum(0)), size)  # (C,) . (C, h, w)
+        for a, g in zip(linked, grads, strict=True)
+        if g is not None
+    ]
+    if not cams:
+        raise ValueError(f"layer {type(layer).__name__}: its output does not link the image to the descriptor")
+    return _unit(torch.stack(cams).sum(0))
 
 
 def activation_map(model: nn.Module, x: Tensor, key: str | None = None) -> np.ndarray:
     """``(H, W)`` map in [0, 1] for one image ``x`` ``(1, 3, H, W)`` from ``model.inspect``: the method's own map
     ``key`` (``(1, h, w)``, or ``(1, K, h, w)`` summed over K), by default the L2 norm of ``features`` per position."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            maps = model.inspect(x)
-    finally:
-        model.train(was_training)
+    with _frozen_eval(model), torch.no_grad():
+        maps = model.inspect(x)
     if key is None:
         m = maps["features"][0].float().norm(dim=0)
     else:
@@ -114,7 +141,7 @@ def activation_map(model: nn.Module, x: Tensor, key: str | None = None) -> np.nd
             m = m.sum(0)
         if m.ndim != 2:
             raise ValueError(f"inspect()[{key!r}] is not a spatial map (shape {tuple(maps[key].shape)})")
-    return _to_image_map(m, tuple(x.shape[-2:]))
+    return _unit(_upsample(m, tuple(x.shape[-2:])))
 
 
 def overlay(image: Image.Image | np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -133,9 +160,17 @@ def plot_attention(
     method: str = "gradcam",
     size: int = 224,
     alpha: float = 0.5,
+    cmap: str = "jet",
+    layer: Mapping[str, nn.Module] | None = None,
 ) -> Figure:
     """Rows: images; columns: the resized image, then one overlay per model. ``method``: ``"gradcam"``,
-    ``"activation"`` (feature norm) or a key of the models' ``inspect`` output (e.g. an attention map)."""
+    ``"activation"`` (feature norm) or a key of the models' ``inspect`` output (e.g. an attention map).
+    ``layer``: Grad-CAM layers by model name (models left out use :func:`default_layer`)."""
+    layer = dict(layer or {})
+    if unknown := sorted(set(layer) - set(models)):
+        raise ValueError(f"layer= names {unknown}, which are not among the models {list(models)}")
+    if layer and method != "gradcam":
+        raise ValueError(f"layer= applies to method='gradcam' only, not {method!r}")
     fig, axes = plt.subplots(
         len(images),
         len(models) + 1,
@@ -151,10 +186,10 @@ def plot_attention(
         for ax, (name, model) in zip(row[1:], models.items(), strict=True):
             x = preprocess(model, image, size)
             if method == "gradcam":
-                heat = grad_cam(model, x)
+                heat = grad_cam(model, x, layer=layer.get(name))
             else:
                 heat = activation_map(model, x, None if method == "activation" else method)
-            ax.imshow(overlay(shown, heat, alpha))
+            ax.imshow(overlay(shown, heat, alpha, cmap))
             ax.set_title(f"{name} ({method})")
         for ax in row:
             ax.set_axis_off()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+
+from irlib.io import atomic_path
+from irlib.viz.style import PAPER_RC
+
+MAX_NAME = 200
+"""Longest figure-name stem (file systems allow 255 bytes, the suffix and temporary prefixes need the rest)."""
 
 PROTOCOL_COLORS = {"easy": "#4c9f70", "medium": "#3b75af", "hard": "#c0504d"}
 
@@ -31,18 +39,38 @@ def plot_per_query_ap(per_query: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
-def figure_name(*parts: object) -> str:
-    """A file-name stem from parameters, e.g. ``("03", "demo", "gem", True)`` -> ``03_demo_gem_True``."""
-    return "_".join(re.sub(r"[^A-Za-z0-9_.=-]+", "-", str(p)).strip("-") for p in parts if p != "")
+def _label(value: object) -> str:
+    """A parameter value as file-name text: a path by its stem, a mapping as ``k=v`` and a sequence as its items,
+    both joined by ``+``, None or ``""`` as ``none``; other characters than letters, digits and ``_.=-`` -> ``-``."""
+    if isinstance(value, os.PathLike):
+        return _label(Path(value).stem)
+    if isinstance(value, Mapping):
+        return "+".join(f"{_label(k)}={_label(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "+".join(_label(v) for v in value)
+    return "none" if value is None or value == "" else re.sub(r"[^A-Za-z0-9_.=-]+", "-", str(value)).strip("-")
+
+
+def figure_name(*parts: object, **params: object) -> str:
+    """A file-name stem from everything that changes a figure: ``parts`` as they are (empty ones left out), then
+    ``key=value`` per keyword (values as :func:`_label`), joined by ``_``. E.g. ``("04_pr", "demo", k=8,
+    models=["GeM", "GeM + SuperGlobal"], weights=Path("runs/a/model.pth"))`` ->
+    ``04_pr_demo_k=8_models=GeM+GeM-SuperGlobal_weights=model``. A name over :data:`MAX_NAME` characters is cut
+    and ends with 10 hex digits of the full name's SHA-256, so distinct parameters keep distinct files."""
+    name = "_".join([_label(p) for p in parts if p != ""] + [f"{k}={_label(v)}" for k, v in params.items()])
+    if len(name) > MAX_NAME:
+        name = f"{name[: MAX_NAME - 11]}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+    return name
 
 
 def save_figure(fig: Figure, name: str, figures_dir: str | os.PathLike = "figures") -> list[Path]:
-    """Write ``<figures_dir>/<name>.png`` (150 dpi) and ``.pdf``; returns both paths."""
-    out = Path(figures_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    """Write ``<figures_dir>/<name>.png`` and ``.pdf`` at the dpi and bounding box of the paper style
+    (:data:`irlib.viz.style.PAPER_RC`), each atomically (rendered beside the target, then renamed onto it);
+    returns both paths."""
+    paths = [Path(figures_dir) / f"{name}.png", Path(figures_dir) / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=PAPER_RC["savefig.dpi"], bbox_inches=PAPER_RC["savefig.bbox"])
     return paths
 
 

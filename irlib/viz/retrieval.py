@@ -17,15 +17,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw
 
 from irlib.data.images import load_image
 from irlib.data.revisited import RevisitedDataset
 from irlib.eval.revisited import evaluate, protocol_gnd
-from irlib.viz.datasets import draw_box
+from irlib.viz.datasets import BOX_COLOR
 from irlib.viz.style import RESULT_COLORS
 
 __all__ = [
+    "ap_differences",
     "best_and_worst_queries",
     "pr_curve",
     "plot_ap_difference",
@@ -68,16 +70,19 @@ def query_ap(dataset: RevisitedDataset, scores: Scores, query: int | str, protoc
     return float(evaluate([dataset.gnd[i]], scores=row, kappas=(1,), protocols=(protocol,))[protocol]["aps"][0] * 100)
 
 
-def _framed(img: Image.Image, size: int, color: str | None, width: int) -> np.ndarray:
-    """``img`` fitted into a ``(size, size, 3)`` white square, with a ``width``-pixel frame of ``color``."""
+def _framed(img: Image.Image, size: int, color: str | None, width: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``img`` fitted into a ``(size, size, 3)`` white square, with a ``width``-pixel frame of ``color``; also where
+    it lies: ``(left, top, x scale, y scale)`` mapping image coordinates onto the square's pixels."""
     img = img.convert("RGB")
+    full = img.size
     inner = size - 2 * width
     img.thumbnail((inner, inner))
     canvas = Image.new("RGB", (size, size), (255, 255, 255))
-    canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    left, top = (size - img.width) // 2, (size - img.height) // 2
+    canvas.paste(img, (left, top))
     if color is not None:
         ImageDraw.Draw(canvas).rectangle([0, 0, size - 1, size - 1], outline=color, width=width)
-    return np.asarray(canvas)
+    return np.asarray(canvas), (left, top, img.width / full[0], img.height / full[1])
 
 
 def _draw_row(
@@ -94,14 +99,26 @@ def _draw_row(
     k = len(axes) - 1
     ids = ranking(_scores(scores)[query], k)
     labels = result_labels(dataset.gnd[query], ids, protocol)
-    qimg = draw_box(dataset.load_query(query, crop=False), dataset.gnd[query]["bbx"])
-    axes[0].imshow(_framed(qimg, thumb, None, frame))
+    pixels, (left, top, sx, sy) = _framed(dataset.load_query(query, crop=False), thumb, None, frame)
+    axes[0].imshow(pixels)
+    x1, y1, x2, y2 = (float(c) for c in dataset.gnd[query]["bbx"])
+    # image coordinates (pixel edges at 0 and W) -> axes data coordinates (pixel centres at integers)
+    axes[0].add_patch(
+        Rectangle(
+            (left - 0.5 + x1 * sx, top - 0.5 + y1 * sy),
+            (x2 - x1) * sx,
+            (y2 - y1) * sy,
+            fill=False,
+            edgecolor=np.array(BOX_COLOR) / 255,
+            linewidth=1.0,
+        )
+    )
     ap = query_ap(dataset, scores, query, protocol)
     prefix = f"{label}: " if label else ""
     axes[0].set_title(f"{prefix}{dataset.qimlist[query]}\nAP {ap:.1f} ({protocol})", fontsize=7)
     paths = dataset.db_paths
     for rank, (ax, j, lab) in enumerate(zip(axes[1:], ids.tolist(), labels, strict=True), start=1):
-        ax.imshow(_framed(load_image(paths[j]), thumb, RESULT_COLORS[lab], frame))
+        ax.imshow(_framed(load_image(paths[j]), thumb, RESULT_COLORS[lab], frame)[0])
         ax.set_title(f"{rank}. {paths[j].stem}" + (" (junk)" if lab == "junk" else ""), fontsize=6)
     for ax in axes:
         ax.set_axis_off()
@@ -117,8 +134,8 @@ def plot_retrieval_grid(
     thumb: int = 128,
     frame: int = 6,
 ) -> Figure:
-    """One row per query (index or name): the query with its box and AP, then its top-``k`` results framed green
-    (positive), red (negative) or grey (junk, ignored by the protocol's AP)."""
+    """One row per query (index or name): the query with its ground-truth box (a rectangle patch) and AP, then its
+    top-``k`` results framed green (positive), red (negative) or grey (junk, ignored by the protocol's AP)."""
     k = min(k, _scores(scores).shape[1])
     fig, axes = plt.subplots(
         len(queries), k + 1, figsize=(1.2 * (k + 1), 1.45 * len(queries)), squeeze=False, layout="constrained"
@@ -201,11 +218,17 @@ def plot_pr_curves(
     return fig
 
 
+def ap_differences(per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, protocol: str) -> pd.Series:
+    """AP(B) - AP(A) in points per query under ``protocol``, largest gain of B first (ties in query order); queries
+    without a positive (NaN) left out. ``.index[0]`` is the query where B gains most."""
+    return (per_query_b[protocol] - per_query_a[protocol]).dropna().sort_values(ascending=False, kind="stable")
+
+
 def plot_ap_difference(
     per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, protocol: str, names: tuple[str, str] = ("A", "B")
 ) -> Figure:
     """Bars of AP(B) - AP(A) in points per query, largest gain first, green where B wins and red where A wins."""
-    diff = (per_query_b[protocol] - per_query_a[protocol]).dropna().sort_values(ascending=False, kind="stable")
+    diff = ap_differences(per_query_a, per_query_b, protocol)
     colors = [RESULT_COLORS["positive"] if d > 0 else RESULT_COLORS["negative"] if d < 0 else "grey" for d in diff]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(diff) + 1.5), 2.8), layout="constrained")
     ax.bar(range(len(diff)), diff.to_numpy(), color=colors, width=0.8)

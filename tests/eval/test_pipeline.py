@@ -40,7 +40,7 @@ def test_pretrained_beats_random_init_by_far(demo, tmp_path):
     assert settings["weights_sha256"] is None and settings["state_dict_sha256"] == model_fingerprint(model)
     assert random_init.metrics["settings"]["state_dict_sha256"] != settings["state_dict_sha256"]
     save_result(pretrained, tmp_path)
-    assert json.loads((tmp_path / "run.json").read_text())["params"]["state_dict_sha256"] == model_fingerprint(model)
+    assert json.loads((tmp_path / "run.json").read_text())["state_dict_sha256"] == model_fingerprint(model)
     table = summary_table({"pretrained": pretrained.metrics, "random": random_init.metrics})
     assert table.loc["pretrained", ("medium", "mAP")] > table.loc["random", ("medium", "mAP")] + 30, table
     assert pretrained.metrics["easy"]["map"] > pretrained.metrics["hard"]["map"]  # the difficulty labels mean it

@@ -56,7 +56,7 @@ def test_load_runs_tabulates_records_and_legacy_folders(tmp_path):
 
     runs = load_runs(tmp_path)
     assert len(runs) == 4 and runs["id"].is_unique
-    assert list(runs.columns[:14]) == [
+    assert list(runs.columns[:16]) == [
         "id",
         "kind",
         "path",
@@ -69,7 +69,9 @@ def test_load_runs_tabulates_records_and_legacy_folders(tmp_path):
         "git_commit",
         "git_dirty",
         "gnd_sha256",
+        "train_split_sha256",
         "weights_sha256",
+        "state_dict_sha256",
         "seconds",
     ]
     evals = load_runs([tmp_path], kind="eval").set_index("path")

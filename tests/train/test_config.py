@@ -80,3 +80,6 @@ def test_uned_training_runs_from_its_info_files(tmp_path):
     assert json.loads((tmp_path / "run" / "labels.json").read_text())["num_classes"] == 4  # 2 classes x 2 domains
     record = load_runs(tmp_path / "run", kind="train").iloc[0]  # the run record of a training
     assert record["weights_sha256"] == sha256_file(tmp_path / "run" / "model.pth") and record["step"] == 2
+    info_files = [tmp_path / "uned" / "info_files" / d / "train.json" for d in ("cars", "sop")]
+    split = json.loads((tmp_path / "run" / "run.json").read_text())["dataset"]["train_split_files"]
+    assert split == {str(p): sha256_file(p) for p in info_files}  # the split definition the run read

@@ -1,4 +1,5 @@
-"""Per-query AP figure: bars carry the AP values, files are written under the derived name."""
+"""Per-query AP figure: bars carry the AP values; figure names cover their parameters; files are written under
+the derived name, atomically, at the paper style's dpi."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from pathlib import Path
+
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pytest
+from PIL import Image
 
-from irlib.viz.plots import figure_name, plot_per_query_ap, save_figure
+from irlib.viz import style
+from irlib.viz.plots import MAX_NAME, figure_name, plot_per_query_ap, save_figure
 
 
 def test_bars_show_each_query_ap_sorted_by_medium(tmp_path):
@@ -43,3 +50,53 @@ def test_training_curves_plot_the_logged_loss_and_lr(tmp_path):
     assert list(loss_line.get_xdata()) == [1, 2, 3]
     np.testing.assert_allclose(loss_line.get_ydata(), [5.0, 2.5, 5.0 / 3])
     np.testing.assert_allclose(lr_line.get_ydata(), [0.01 / 3, 0.02 / 3, 0.01])
+
+
+def test_figure_name_spells_out_every_parameter():
+    name = figure_name(
+        "04_pr",
+        "demo",
+        "",
+        models=["GeM", "GeM + SuperGlobal"],
+        weights_b=Path("runs/x/fine-tuned/model.pth"),
+        rerank="",
+        rerank_params={"M": 50},
+        k=8,
+        size=384,
+    )
+    assert name == "04_pr_demo_models=GeM+GeM-SuperGlobal_weights_b=model_rerank=none_rerank_params=M=50_k=8_size=384"
+    assert figure_name("04", k=8) != figure_name("04", k=10)
+    long_a, long_b = figure_name("x" * 300, k=1), figure_name("x" * 300, k=2)
+    assert len(long_a) == MAX_NAME and long_a[:189] == "x" * 189 and long_a != long_b
+
+
+def _png_figure() -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [0, 1])
+    return fig
+
+
+def test_save_figure_uses_the_style_dpi(tmp_path, monkeypatch):
+    png, pdf = save_figure(_png_figure(), "line", tmp_path)
+    assert Image.open(png).info["dpi"] == pytest.approx((style.PAPER_RC["savefig.dpi"],) * 2, abs=0.01)
+    assert pdf.read_bytes().startswith(b"%PDF")
+    monkeypatch.setitem(style.PAPER_RC, "savefig.dpi", 100)
+    png, _ = save_figure(_png_figure(), "line", tmp_path)
+    assert Image.open(png).info["dpi"] == pytest.approx((100, 100), abs=0.01)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["line.pdf", "line.png"]  # no temporary file left
+
+
+def test_save_figure_keeps_the_previous_file_when_rendering_fails(tmp_path):
+    fig = _png_figure()
+    png, pdf = save_figure(fig, "line", tmp_path)
+    before = png.read_bytes(), pdf.read_bytes()
+
+    def broken(path, **kwargs):
+        Path(path).write_bytes(b"half a figure")
+        raise RuntimeError("disk full")
+
+    fig.savefig = broken
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_figure(fig, "line", tmp_path)
+    assert (png.read_bytes(), pdf.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["line.pdf", "line.png"]

@@ -1,5 +1,5 @@
-"""Retrieval figures, checked by content: frame colours = ground-truth labels, AP in titles = evaluate's, bar
-heights and order, PR points of a hand case, scatter points per label."""
+"""Retrieval figures, checked by content: frame colours = ground-truth labels, the query box where the ground truth
+puts it, AP in titles = evaluate's, bar heights and order, PR points of a hand case, scatter points per label."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from matplotlib.colors import to_rgb
 
 from irlib.data.revisited import RevisitedDataset
 from irlib.eval.revisited import evaluate
+from irlib.viz.datasets import BOX_COLOR
 from irlib.viz.retrieval import (
+    ap_differences,
     best_and_worst_queries,
     plot_ap_difference,
     plot_embedding,
@@ -63,9 +65,22 @@ def test_grid_frames_match_ground_truth_and_title_has_the_ap(tiny_revisited, pro
             np.testing.assert_array_equal(pixels[-2, 24], _rgb(lab))
             assert ds.imlist[j] in ax.get_title()
             assert ax.get_title().endswith("(junk)") == (lab == "junk")
-    # the query panel shows the box (red outline) and no frame
-    q0 = axes[0, 0].images[0].get_array()
-    np.testing.assert_array_equal(q0[0, 0], [255, 255, 255])
+    # the query panels: no frame, and the ground-truth box as a rectangle over the displayed image
+    for q, ax in enumerate(axes[:, 0]):
+        shown = ax.images[0].get_array()
+        np.testing.assert_array_equal(shown[0, 0], [255, 255, 255])
+        rows, cols = np.nonzero((shown != 255).any(axis=-1))  # the image (its pixels are never pure white)
+        left, top, width, height = cols.min(), rows.min(), cols.max() + 1 - cols.min(), rows.max() + 1 - rows.min()
+        full_w, full_h = ds.load_query(q, crop=False).size
+        x1, y1, x2, y2 = ds.gnd[q]["bbx"]
+        (box,) = ax.patches
+        assert box.get_xy() == pytest.approx((left - 0.5 + x1 * width / full_w, top - 0.5 + y1 * height / full_h))
+        assert box.get_width() == pytest.approx((x2 - x1) * width / full_w)
+        assert box.get_height() == pytest.approx((y2 - y1) * height / full_h)
+        assert box.get_edgecolor()[:3] == pytest.approx(np.array(BOX_COLOR) / 255) and not box.get_fill()
+    # q_1's box is the whole image: the rectangle is the displayed image's outline
+    (box,) = axes[1, 0].patches
+    assert box.get_width() == pytest.approx(40) and box.get_height() == pytest.approx(27)
 
 
 def test_comparison_rows_rank_each_method(tiny_revisited):
@@ -104,6 +119,7 @@ def test_pr_curve_hand_case_and_endpoints(tiny_revisited):
 def test_ap_difference_bars_sorted_and_coloured_by_sign():
     a = pd.DataFrame({"hard": [10.0, 50.0, 30.0, np.nan]}, index=["q1", "q2", "q3", "q4"])
     b = pd.DataFrame({"hard": [40.0, 20.0, 30.0, 5.0]}, index=["q1", "q2", "q3", "q4"])
+    assert ap_differences(a, b, "hard").to_dict() == {"q1": 30.0, "q3": 0.0, "q2": -30.0}  # the largest gain first
     fig = plot_ap_difference(a, b, "hard", ("gem", "dolg"))
     ax = fig.axes[0]
     assert [p.get_height() for p in ax.patches] == [30.0, 0.0, -30.0]

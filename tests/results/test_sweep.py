@@ -1,0 +1,90 @@
+"""``python -m irlib sweep``: a grid of papermill runs, a failing point reported, a resume that retries only the
+failed point, the sweep named after the notebook by default."""
+
+import json
+
+import nbformat
+import papermill
+import pytest
+
+from irlib.cli import main
+from irlib.results.sweep import grid, point_name, run_sweep
+
+
+def test_grid_and_point_names():
+    points = grid({"backbone": ["resnet50", "vit/b"], "lr": [0.01]})
+    assert points == [{"backbone": "resnet50", "lr": 0.01}, {"backbone": "vit/b", "lr": 0.01}]
+    assert [point_name(p) for p in points] == ["backbone=resnet50,lr=0.01", "backbone=vit_b,lr=0.01"]
+    assert point_name({"flag": True, "ks": [1, 2]}) == "flag=true,ks=_1__2_"
+
+
+@pytest.fixture
+def notebook(tmp_path):
+    """A notebook writing ``2 x`` into its point folder; x = 3 fails while ``tmp_path/broken`` exists."""
+    broken = tmp_path / "broken"
+    broken.touch()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    params = nbformat.v4.new_code_cell("x = 0\nout_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(f"import os\nassert not (x == 3 and os.path.exists({str(broken)!r})), 'x=3 fails'"),
+        nbformat.v4.new_code_cell("open(os.path.join(out_dir, 'result.txt'), 'w').write(repr(x * 2))"),
+    ]
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def executed(monkeypatch):
+    """The ``x`` of every point papermill executes (it still executes them)."""
+    calls = []
+    real = papermill.execute_notebook
+
+    def record(*args, **kwargs):
+        calls.append(kwargs["parameters"]["x"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", record)
+    return calls
+
+
+def test_sweep_runs_the_grid_reports_a_failure_and_resumes(notebook, tmp_path, capsys, executed):
+    out = tmp_path / "runs"
+    argv = ["sweep", str(notebook), "--name", "demo", "--out", str(out), "-p", "x", "1", "2", "3"]
+    assert main(argv) == 1
+    printed = capsys.readouterr()
+    assert "x=3" in printed.err and "1 of 3 points failed" in printed.err
+    assert executed == [1, 2, 3]
+    root = out / "demo"
+    for x in (1, 2):
+        assert (root / f"x={x}" / "result.txt").read_text() == repr(x * 2)
+        assert (root / f"x={x}" / "tiny.ipynb").is_file()
+        assert json.loads((root / f"x={x}" / "point.json").read_text())["status"] == "done"
+    assert "x=3 fails" in (root / "x=3" / "error.txt").read_text()
+    assert json.loads((root / "x=3" / "point.json").read_text())["status"] == "failed"
+    manifest = json.loads((root / "sweep.json").read_text())
+    assert manifest["parameters"] == {"x": [1, 2, 3]} and len(manifest["points"]) == 3
+
+    # the same grid again, the failure fixed: only the failed point runs, and now succeeds
+    (tmp_path / "broken").unlink()
+    executed.clear()
+    assert main(argv) == 0
+    assert executed == [3]
+    table = capsys.readouterr().out.split("point  status")[1].split()
+    assert table[1::3] == ["x=1", "x=2", "x=3"] and table[2::3] == ["skipped", "skipped", "done"]
+    assert (root / "x=3" / "result.txt").read_text() == "6" and not (root / "x=3" / "error.txt").exists()
+    assert json.loads((root / "x=3" / "point.json").read_text())["status"] == "done"
+
+
+def test_the_sweep_is_named_after_the_notebook_by_default(notebook, tmp_path, executed):
+    results = run_sweep(notebook, None, {"x": [1]}, out=tmp_path / "runs", log=lambda _: None)
+    assert [r.status for r in results] == ["done"] and executed == [1]
+    assert (tmp_path / "runs" / "tiny" / "x=1" / "result.txt").read_text() == "2"
+
+
+def test_sweep_rejects_a_missing_notebook(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "none.ipynb"), "--name", "s", "--out", str(tmp_path), "-p", "x", "1"]) == 2
+    assert "no notebook" in capsys.readouterr().err
