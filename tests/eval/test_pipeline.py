@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -20,6 +19,7 @@ from irlib.eval.search import StackedDatabase, build_index, knn, recall_at_k, se
 from irlib.eval.shards import extract_sharded
 from irlib.models import create_model
 from tests.data.test_revisited import _distractor_root
+from tests.eval.conftest import clustered
 
 
 @pytest.fixture(scope="module")
@@ -129,26 +129,12 @@ def test_faiss_flat_search_gives_the_exact_metrics_and_rerankers_compose_with_ev
             assert got.metrics["settings"]["search"]["method"] == search
 
 
-def _clustered(rng, n, d, centres):
-    x = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, d)) / d**0.5
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-@pytest.fixture
-def one_faiss_thread():
-    """faiss's OpenMP threads spin while waiting: on a busy 2-core machine PQ training ran 10-25x slower with two."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
-
-
 def test_ivfpq_over_stacked_distractors_records_its_recall_against_exact_search(tmp_path, one_faiss_thread):
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((20, 32)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    q, test_db = _clustered(rng, 6, 32, centres), _clustered(rng, 800, 32, centres)
-    np.save(tmp_path / "d.npy", _clustered(rng, 5000, 32, centres).astype(np.float16))
+    q, test_db = clustered(rng, 6, 32, centres, spread=1.0), clustered(rng, 800, 32, centres, spread=1.0)
+    np.save(tmp_path / "d.npy", clustered(rng, 5000, 32, centres, spread=1.0).astype(np.float16))
     distractors = np.load(tmp_path / "d.npy", mmap_mode="r")
     params = {"shortlist": 150, "nlist": 16, "m": 8, "nbits": 6, "nprobe": 2, "train_size": 3000}
     ranking = search_database(q, StackedDatabase(test_db, distractors), search="ivfpq", search_params=params)

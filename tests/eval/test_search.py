@@ -19,6 +19,7 @@ from irlib.eval.search import (
     similarity,
     similarity_chunked,
 )
+from tests.eval.conftest import clustered
 
 
 def _unit(rng, n, d):
@@ -65,25 +66,11 @@ def test_chunked_scores_of_an_fp16_memmap_equal_the_fp32_score_matrix(tmp_path):
         similarity_chunked(q, mapped, chunk=0)
 
 
-def _clustered(rng, n, d, centres, spread=0.35):
-    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, d)).astype(np.float32) / d**0.5
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-@pytest.fixture
-def one_faiss_thread():
-    """faiss's OpenMP threads spin while waiting: on a busy 2-core machine PQ training ran 10-25x slower with two."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
-
-
 def test_ivfpq_recall_at_100_against_exact_search_is_measured(one_faiss_thread):
     rng = np.random.default_rng(3)
     d = 64
     centres = _unit(rng, 40, d)
-    x, q = _clustered(rng, 20_000, d, centres).astype(np.float16), _clustered(rng, 30, d, centres)
+    x, q = clustered(rng, 20_000, d, centres).astype(np.float16), clustered(rng, 30, d, centres)
     _, exact = knn(q, x, k=100)
     assert recall_at_k(exact, exact) == 1.0
     np.testing.assert_array_equal(search_index(build_index(x, "flat", chunk=999), q, 100)[1], exact)
