@@ -202,13 +202,15 @@ def comparison_table(cells: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
 
 
 def provenance_notes(cells: pd.DataFrame) -> list[str]:
-    """One line per distinct reference (``[r1] re-run: run <id>``, ``[c1] copied from <source> (<confidence>)``),
-    then one per disputed cell: ``[d1] <row>, <dataset> <distractors> <protocol>: shown ...; other values: ...``
-    with every value's source, confidence and note."""
+    """One line per distinct reference (``[r1] re-run: run <id>``, ``[c1] copied from <source> (<confidence>;
+    note: <the published row's note>)``), then one per disputed cell: ``[d1] <row>, <dataset> <distractors>
+    <protocol>: shown ...; other values: ...`` with every value's source, confidence and note."""
     notes = {}
-    columns = (cells[c] for c in ("provenance", "ref", "confidence"))
-    for k, prov, ref, conf in zip(_cell_keys(cells), *columns, strict=True):
-        notes[k] = f"[{k}] re-run: run {ref}" if prov == "re-run" else f"[{k}] copied from {ref} ({conf})"
+    columns = (cells[c] for c in ("provenance", "ref", "confidence", "note"))
+    for k, prov, ref, conf, note in zip(_cell_keys(cells), *columns, strict=True):
+        notes[k] = (
+            f"[{k}] re-run: run {ref}" if prov == "re-run" else f"[{k}] copied from {_source_text(ref, conf, note)}"
+        )
     disputes = []
     for dk, (_, cell) in zip(_dispute_keys(cells), cells.iterrows(), strict=True):
         if dk:
@@ -219,16 +221,21 @@ def provenance_notes(cells: pd.DataFrame) -> list[str]:
     return [*notes.values(), *disputes]
 
 
+def _source_text(source: str, confidence: str, note: str) -> str:
+    return f"{source} ({confidence}{'; note: ' + note if note else ''})"
+
+
 def _value_text(value: float, source: str, confidence: str, note: str) -> str:
-    return f"{value:g} from {source} ({confidence}{'; note: ' + note if note else ''})"
+    return f"{value:g} from {_source_text(source, confidence, note)}"
 
 
 def _cell_keys(cells: pd.DataFrame) -> list[str]:
-    """``r1, r2, ...`` per distinct run id and ``c1, c2, ...`` per distinct (source, confidence), in order."""
-    seen: dict[tuple[str, str, Any], str] = {}
+    """``r1, r2, ...`` per distinct run id and ``c1, c2, ...`` per distinct (source, confidence, note), in order:
+    a published row's note (e.g. "queries not cropped") reaches the legend of every cell it concerns."""
+    seen: dict[tuple[str, str, Any, str], str] = {}
     counts = {"re-run": 0, "copied": 0}
     out = []
-    for key in zip(cells["provenance"], cells["ref"], cells["confidence"], strict=True):
+    for key in zip(cells["provenance"], cells["ref"], cells["confidence"], cells["note"], strict=True):
         if key not in seen:
             counts[key[0]] += 1
             seen[key] = f"{'r' if key[0] == 're-run' else 'c'}{counts[key[0]]}"

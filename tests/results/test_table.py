@@ -272,3 +272,21 @@ def test_missing_columns_are_named():
         comparison_cells(RUNS, PUBLISHED.drop(columns="train_set"))
     with pytest.raises(ValueError, match=r"runs lacks columns \['created'\]"):
         comparison_cells(RUNS.drop(columns="created"), PUBLISHED)
+
+
+def test_a_published_rows_note_reaches_the_legend_of_its_cells():
+    dolg = PUBLISHED.iloc[[2, 2]].assign(
+        method=["DOLG (with crop)", "DOLG (without crop)"],
+        map=[78.0, 80.5],
+        source="DOLG retest",
+        note=["", "INVALID protocol: queries not cropped"],
+    )
+    cells = comparison_cells(RUNS.iloc[:0], dolg)
+    table = comparison_table(cells)
+    assert table.loc["DOLG (with crop) (R50, gldv2-clean)"].iloc[0] == "78.0 [c1]"
+    assert table.loc["DOLG (without crop) (R50, gldv2-clean)"].iloc[0] == "80.5 [c2]"  # same source, own note
+    assert provenance_notes(cells) == [
+        "[c1] copied from DOLG retest (recalled)",
+        "[c2] copied from DOLG retest (recalled; note: INVALID protocol: queries not cropped)",
+    ]
+    assert "INVALID protocol" in to_markdown(cells) and "INVALID protocol" in to_latex(cells)
