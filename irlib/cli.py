@@ -168,16 +168,13 @@ def _search_options(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from irlib.data.revisited import RevisitedDataset
+    from irlib.data.registry import load_dataset
     from irlib.eval.pipeline import evaluate_model, prepare_out_dir, save_result, summary_table
 
     if args.data_root is not None and not args.dataset:
         raise SystemExit("irlib eval: --data-root needs --dataset NAME")
-    dataset = (
-        RevisitedDataset.from_dir(args.dataset_dir, args.dataset)
-        if args.dataset_dir is not None
-        else RevisitedDataset.from_root(args.data_root, args.dataset)
-    )
+    folder = args.dataset_dir if args.dataset_dir is not None else Path(args.data_root) / args.dataset
+    dataset = load_dataset("revisited", folder, name=args.dataset)
     if args.distractors is not None:
         dataset = dataset.with_distractors(_distractors(args))
     cfg = _extract_config(
@@ -333,13 +330,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from irlib.train.config import TrainConfig
     from irlib.train.run import train
 
-    cfg = TrainConfig.from_yaml(args.config)
-    cfg = TrainConfig.from_dict(dataclasses.asdict(cfg) | _assignments(args.set, "--set"))
+    cfg = TrainConfig.from_yaml(args.config).replace(**_assignments(args.set, "--set"))
     result = train(cfg, resume=args.resume, overwrite=args.force)
     print(json.dumps(result))
     return 0

@@ -170,7 +170,7 @@ def test_eval_with_distractors_records_the_larger_database(tiny_revisited, tmp_p
     assert _eval(args) == 2  # d3.jpg is missing
     assert _eval([*args, "--skip-missing-distractors"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["dataset"] == "tiny+1m" and metrics["settings"]["n_db"] == 6 + 3
+    assert metrics["dataset"] == "tiny+r1m" and metrics["settings"]["n_db"] == 6 + 3
 
 
 def test_eval_with_reranking_and_distractor_features(tiny_revisited, tmp_path, capsys):
@@ -195,7 +195,7 @@ def test_eval_with_reranking_and_distractor_features(tiny_revisited, tmp_path, c
     args += ["--weights", str(weights)]
     assert _eval([*args, "--rerank", "superglobal", "--rerank-param", "M=8", "K=2", "beta=0.3"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["dataset"] == "tiny+1m" and metrics["settings"]["n_db"] == 6 + 5
+    assert metrics["dataset"] == "tiny+r1m" and metrics["settings"]["n_db"] == 6 + 5
     assert metrics["settings"]["rerank"] == {
         "method": "superglobal",
         "params": {"M": 8, "K": 2, "beta": 0.3, "stable": True},

@@ -3,12 +3,12 @@
 Each name maps to the loader of its family module (``revisited``, ``gldv2``, ``uned``, ``ilias``, ``synthetic``), so
 notebooks and the command line pick a dataset by name and the loaders stay the single place that parses formats.
 ``root`` is the folder :mod:`irlib.data.download` fills (``<root>/roxford5k/``, ``<root>/gldv2/``, ...), or for the
-demo sets the folder the demo data is generated into.
+demo sets the folder the demo data is generated into. The GLDv2 and UnED entries also take their own folder as
+``root`` (recognised by its ``train/`` or ``info_files/``), as a training config's ``data_dir`` names it.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from irlib.data.ilias import IliasDataset
 from irlib.data.revisited import Distractors, RevisitedDataset
 from irlib.data.synthetic import DEMO_DATASET, make_demo_data
 from irlib.data.uned import uned_knn, uned_split
+from irlib.registry import Registry
 
 __all__ = ["DatasetEntry", "list_datasets", "load_dataset"]
 
@@ -36,12 +37,13 @@ class DatasetEntry:
     loader: Callable[..., Any]
 
 
-_DATASETS: dict[str, DatasetEntry] = {}
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+"""Dataset name -> :class:`DatasetEntry`."""
 
 
 def _register(name: str, kind: Kind, description: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _DATASETS[name] = DatasetEntry(name, kind, description, fn)
+        DATASETS.register(name, DatasetEntry(name, kind, description, fn))
         return fn
 
     return decorator
@@ -49,20 +51,30 @@ def _register(name: str, kind: Kind, description: str) -> Callable[[Callable[...
 
 def list_datasets(pattern: str | None = None, kind: Kind | None = None) -> list[str]:
     """Sorted registered names, filtered by an fnmatch ``pattern`` and/or ``kind``."""
-    names = sorted(n for n, e in _DATASETS.items() if kind is None or e.kind == kind)
-    return names if pattern is None else fnmatch.filter(names, pattern)
+    return [n for n in DATASETS.names(pattern) if kind is None or DATASETS[n].kind == kind]
 
 
 def dataset_entry(name: str) -> DatasetEntry:
     """The registry entry of ``name``; unknown names raise ValueError listing the known ones."""
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
-    return _DATASETS[name]
+    return DATASETS.get(name)
 
 
-def load_dataset(name: str, root: str | os.PathLike, **kwargs: Any) -> Any:
+def load_dataset(name: str, root: str | os.PathLike, /, **kwargs: Any) -> Any:
     """Load dataset ``name`` from ``root``; ``kwargs`` go to its family loader (see ``list_datasets()``)."""
     return dataset_entry(name).loader(Path(root), **kwargs)
+
+
+def _family_dir(root: Path, family: str, marker: str) -> Path:
+    """``<root>/<family>`` (the download layout), or ``root`` itself when it already is that folder (has ``marker``)."""
+    return root if (root / marker).exists() else root / family
+
+
+def _gldv2_dir(root: Path) -> Path:
+    return _family_dir(root, "gldv2", "train")
+
+
+def _uned_dir(root: Path) -> Path:
+    return _family_dir(root, "uned", "info_files")
 
 
 def _revisited(name: str) -> Callable[..., RevisitedDataset]:
@@ -105,32 +117,32 @@ def _demo_train(root: Path, **kwargs: Any) -> Any:
 
 @_register("gldv2", "train", "GLDv2 train split (<root>/gldv2/train.csv + train/a/b/c/<id>.jpg)")
 def _gldv2(root: Path, **kwargs: Any) -> Any:
-    return gldv2_train(root / "gldv2", clean=False, **kwargs)
+    return gldv2_train(_gldv2_dir(root), clean=False, **kwargs)
 
 
 @_register("gldv2-clean", "train", "GLDv2-clean (<root>/gldv2/train_clean.csv)")
 def _gldv2_clean(root: Path, **kwargs: Any) -> Any:
-    return gldv2_train(root / "gldv2", **kwargs)
+    return gldv2_train(_gldv2_dir(root), **kwargs)
 
 
 @_register("rgldv2-clean", "train", "GLDv2-clean minus an exclusion file of landmark ids (exclude_file=...)")
 def _rgldv2_clean(root: Path, exclude_file: str | os.PathLike, **kwargs: Any) -> Any:
-    return rgldv2_clean(root / "gldv2", exclude_file, **kwargs)
+    return rgldv2_clean(_gldv2_dir(root), exclude_file, **kwargs)
 
 
 @_register("gldv2-retrieval", "test", "GLDv2 retrieval: index/test ids and retrieval_solution_v2.1.csv (<root>/gldv2)")
 def _gldv2_retrieval(root: Path, **kwargs: Any) -> Any:
-    return gldv2_retrieval(root / "gldv2", **kwargs)
+    return gldv2_retrieval(_gldv2_dir(root), **kwargs)
 
 
 @_register("uned", "train", "UnED (<root>/uned/info_files/<domain>/<split>.json + images/); split=, domains=")
 def _uned(root: Path, **kwargs: Any) -> Any:
-    return uned_split(root / "uned", **kwargs)
+    return uned_split(_uned_dir(root), **kwargs)
 
 
 @_register("uned-knn", "test", "UnED merged kNN benchmark (<root>/uned/info_files/<domain>/<query|index>.json); split=")
 def _uned_knn(root: Path, **kwargs: Any) -> Any:
-    return uned_knn(root / "uned", **kwargs)
+    return uned_knn(_uned_dir(root), **kwargs)
 
 
 @_register("ilias", "test", "ILIAS core (<root>/ilias/ilias_core/<instance>/query|pos/); distractor_ids=")

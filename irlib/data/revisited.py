@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -19,11 +19,37 @@ import numpy as np
 from PIL import Image
 
 from irlib.data.images import load_image
-from irlib.eval.revisited import validate_gnd
 
 CropMode = Literal["round", "trunc"]
 CROP_MODES: tuple[str, ...] = ("round", "trunc")
 _KEYS = ("imlist", "qimlist", "gnd")
+GND_FIELDS: tuple[str, ...] = ("easy", "hard", "junk")
+"""The per-query fields of a revisited ground truth: positive (easy, hard) and junk database indices."""
+
+
+def validate_gnd(gnd: Sequence[Mapping[str, Any]], n_db: int | None = None) -> None:
+    """Raise ``ValueError`` naming the query and field unless ``gnd`` is a well-formed revisited ground truth.
+
+    Each query needs integer ``easy``/``hard``/``junk`` lists that are disjoint and duplicate-free, and, when
+    ``n_db`` is given, inside ``[0, n_db)``.
+    """
+    if isinstance(gnd, Mapping):
+        raise ValueError("gnd must be the per-query list (cfg['gnd'] of a revisitop pickle), not the whole dict")
+    for i, q in enumerate(gnd):
+        if not isinstance(q, Mapping):
+            raise ValueError(f"gnd[{i}] must be a mapping with fields {GND_FIELDS}, got {type(q).__name__}")
+        missing = [f for f in GND_FIELDS if f not in q]
+        if missing:
+            raise ValueError(f"gnd[{i}] lacks field(s) {missing}; each query needs {GND_FIELDS}")
+        for f in GND_FIELDS:
+            arr = np.asarray(q[f])
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"gnd[{i}][{f!r}] must hold integer database indices, got dtype {arr.dtype}")
+            if n_db is not None and arr.size and (arr.min() < 0 or arr.max() >= n_db):
+                raise ValueError(f"gnd[{i}][{f!r}] has indices outside [0, {n_db}) (min {arr.min()}, max {arr.max()})")
+        ids = np.concatenate([np.asarray(q[f], dtype=np.int64).ravel() for f in GND_FIELDS])
+        if np.unique(ids).size != ids.size:
+            raise ValueError(f"gnd[{i}]: easy/hard/junk must be disjoint and free of duplicates")
 
 
 def crop_query(img: Image.Image, bbx: Sequence[float], mode: CropMode = "round") -> Image.Image:
@@ -112,7 +138,7 @@ class RevisitedDataset:
 
     @property
     def label(self) -> str:
-        """The name results carry: ``roxford5k``, or ``roxford5k+1m`` with distractors."""
+        """The name results carry: ``roxford5k``, or ``roxford5k+r1m`` with the R1M distractors."""
         return f"{self.name}+{self.distractor_name}" if self.distractor_name else self.name
 
     @property
@@ -163,7 +189,7 @@ class Distractors:
     extension included (revisitop ``python/dataset.py``), images under ``<root>/jpg/``.
 
     Attributes:
-        name: a label for results (``"1m"`` for revisitop1m).
+        name: a label for results (``"r1m"`` for revisitop1m, the name published results use too).
         paths: the image files, in list order.
         missing: listed files not found (``on_missing="skip"``); recorded so results say how many were used
             (the official list names more images than its tarballs hold, SOLAR #8).
@@ -180,7 +206,7 @@ class Distractors:
         list_file: str = "revisitop1m.txt",
         *,
         image_dir: str = "jpg",
-        name: str = "1m",
+        name: str = "r1m",
         on_missing: Literal["error", "skip"] = "error",
     ) -> Distractors:
         """Read ``root/list_file``; missing images raise (naming the first few) or, with ``"skip"``, are left out."""

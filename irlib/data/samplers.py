@@ -1,6 +1,6 @@
 """Epoch-aware, DDP-sharded, resumable index samplers for training.
 
-Both samplers draw each epoch's order from ``numpy.random.default_rng([seed, epoch])``, the same on every replica,
+The samplers draw each epoch's order from ``numpy.random.default_rng([seed, epoch])``, the same on every replica,
 and give each replica a disjoint, equal-size share of it. Call ``set_epoch(epoch)`` with the same value on every
 rank before each epoch: SpCa's ``set_epoch`` never ran (it tested ``DataLoader.sampler`` while a ``batch_sampler``
 was set) and, had it run, used ``epoch + 1 + rank``, which breaks the sharding (``spca-training.md`` bug 5).
@@ -14,6 +14,7 @@ is ``per-replica batch x num_replicas``. ``len(sampler)`` is what the next itera
 
 from __future__ import annotations
 
+import os
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["ClassBalancedSampler", "ShuffledSampler"]
+__all__ = ["TUPLE_SIZE", "ClassBalancedSampler", "ShuffledSampler", "TupleSampler", "read_predictions"]
 
 
 class _EpochSampler(Sampler[int], ABC):
@@ -211,6 +212,307 @@ class ClassBalancedSampler(_EpochSampler):
             "samples_per_class": self.samples_per_class,
             "num_batches": self.num_batches,
         }
+
+
+TUPLE_SIZE = 8
+"""Images per tuple of CFCD's sampler: anchor, positive, 6 negatives (``DATA_LOADER.TUPLE_SIZE``)."""
+
+
+class TupleSampler(_EpochSampler):
+    """CFCD's tuple sampler (``bassyess/CFCD`` ``datasets/distributed_tuple_hem_sampler.py``), with optional hard
+    negatives: runs of ``tuple_size`` (S) consecutive indices ``[anchor, positive, S - 2 negatives]``, the positive of
+    the anchor's class and every negative of another class; use a per-process batch that is a multiple of S.
+
+    Images are drawn without replacement from per-class pools shuffled at the start of a *round*; a round ends when
+    no class has 2 images left, and a new one starts from full pools (an epoch spans one or two rounds). Each tuple:
+
+    * anchor class uniform among the classes with >= 2 unused images (classes with fewer than 2 images, or without
+      S - 2 images outside them, never anchor); anchor and positive are two of its unused images;
+    * with ``predictions`` (each image's predicted class, e.g. a stage-1 model's arg-max; :func:`read_predictions`):
+      if the anchor is correctly predicted, each negative slot takes with probability :attr:`P_FALSE_POSITIVE` (0.5)
+      a *false positive of the anchor's class* (an image of another class predicted as it); if the anchor is
+      predicted as c' != c, the positive is a correctly predicted image of c when one is left, and each slot takes a
+      false positive of c with probability :attr:`P_FALSE_POSITIVE_MISSED` (0.33), otherwise with probability
+      :attr:`P_CONFUSED_CLASS` (0.5) an image of c';
+    * the slots left take one image each from distinct random classes other than the anchor's (cycling through them
+      only when fewer classes than slots are left); a tuple that cannot be completed ends the round.
+
+    An epoch has ``num_tuples`` tuples (default ``len(labels) // S``, rounded down to a multiple of ``num_replicas``)
+    drawn from ``numpy.random.default_rng([seed, epoch])``; replica ``rank`` takes tuples ``rank, rank + R, ...``,
+    so shares are disjoint whole tuples. The predictions are fixed for the run, as in CFCD.
+
+    Differences from the official sampler: it draws with Python's ``random`` seeded ``seed + epoch`` (so the orders
+    differ), gives each rank a contiguous block of tuples, has ``ceil(n / (R S)) R`` tuples per epoch, lets any class
+    with 2 images anchor, and, its main bug, only runs with more than one GPU: a single-GPU run falls back to a plain
+    shuffled loader, whose batches are not tuples at all. This sampler always forms tuples.
+    """
+
+    P_FALSE_POSITIVE = 0.5
+    P_FALSE_POSITIVE_MISSED = 0.33
+    P_CONFUSED_CLASS = 0.5
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        *,
+        tuple_size: int = TUPLE_SIZE,
+        predictions: Sequence[int] | np.ndarray | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        num_tuples: int | None = None,
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if tuple_size < 3:
+            raise ValueError(f"tuple_size must be >= 3 (anchor, positive, negatives), got {tuple_size}")
+        if len(self.labels) and self.labels.min() < 0:
+            raise ValueError("labels must be non-negative")
+        self.tuple_size = tuple_size
+        self.predictions: np.ndarray | None = None
+        if predictions is not None:
+            self.predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
+            if len(self.predictions) != len(self.labels) or (len(self.labels) and self.predictions.min() < 0):
+                raise ValueError(
+                    f"predictions must hold one class >= 0 per image ({len(self.labels)}), got "
+                    f"{len(self.predictions)} values"
+                )
+        counts = np.bincount(self.labels) if len(self.labels) else np.zeros(0, dtype=np.int64)
+        self._anchor_classes = np.flatnonzero((counts >= 2) & (len(self.labels) - counts >= tuple_size - 2))
+        if not len(self._anchor_classes):
+            raise ValueError(
+                f"no class can anchor a {tuple_size}-tuple: one needs >= 2 images and >= {tuple_size - 2} images of "
+                f"other classes"
+            )
+        wanted = len(self.labels) // tuple_size if num_tuples is None else num_tuples
+        self.num_tuples = wanted - wanted % num_replicas
+        if self.num_tuples < 1:
+            raise ValueError(f"{wanted} tuples of {tuple_size} cannot give every one of {num_replicas} replicas one")
+        self._cache: tuple[int, np.ndarray] | None = None
+        super().__init__(seed=seed, num_replicas=num_replicas, rank=rank)
+
+    @property
+    def num_samples(self) -> int:
+        """This replica's tuples times S."""
+        return self.num_tuples // self.num_replicas * self.tuple_size
+
+    def epoch_tuples(self, epoch: int) -> np.ndarray:
+        """All replicas' tuples of ``epoch``: ``(num_tuples, S)`` dataset indices (the last epoch's is cached)."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        rng = np.random.default_rng([self.seed, epoch])
+        uniform = _Uniforms(rng)
+        out: list[int] = []
+        draw: _TupleRound | None = None
+        while len(out) < self.num_tuples * self.tuple_size:
+            if draw is None or not draw.anchors:
+                draw = _TupleRound(self, rng)
+            one = draw.tuple(uniform)
+            if one is None:
+                draw = None  # the round ran out of negatives: start a new one
+                continue
+            out.extend(one)
+        tuples = np.asarray(out, dtype=np.int64).reshape(self.num_tuples, self.tuple_size)
+        self._cache = (epoch, tuples)
+        return tuples
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """This replica's tuples (``rank, rank + R, ...``), flattened."""
+        return self.epoch_tuples(epoch)[self.rank :: self.num_replicas].reshape(-1)
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            **super()._config(),
+            "n": len(self.labels),
+            "labels_crc32": zlib.crc32(self.labels.tobytes()),
+            "tuple_size": self.tuple_size,
+            "num_tuples": self.num_tuples,
+            "predictions_crc32": None if self.predictions is None else zlib.crc32(self.predictions.tobytes()),
+        }
+
+
+class _Uniforms:
+    """Python floats in [0, 1) from a numpy generator, drawn in blocks (one scalar call per draw is slow)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng, self.block, self.k = rng, [], 0
+
+    def __call__(self) -> float:
+        if self.k == len(self.block):
+            self.block, self.k = self.rng.random(4096).tolist(), 0
+        self.k += 1
+        return self.block[self.k - 1]
+
+
+class _ClassSet:
+    """A set of class ids with O(1) removal and uniform choice (swap-remove over a list)."""
+
+    def __init__(self, members: Sequence[int], size: int) -> None:
+        self.items = list(members)
+        self.pos = [-1] * size
+        for k, c in enumerate(self.items):
+            self.pos[c] = k
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, c: int) -> bool:
+        return self.pos[c] >= 0
+
+    def discard(self, c: int) -> None:
+        k = self.pos[c]
+        if k < 0:
+            return
+        last = self.items.pop()
+        if last != c:
+            self.items[k], self.pos[last] = last, k
+        self.pos[c] = -1
+
+    def choice(self, u: float) -> int:
+        return self.items[min(int(u * len(self.items)), len(self.items) - 1)]
+
+
+class _Pools:
+    """Image indices grouped by a key (class, or predicted class), each group in random order; pops skip images
+    already used elsewhere in the round."""
+
+    def __init__(self, rng: np.random.Generator, images: np.ndarray, keys: np.ndarray, size: int) -> None:
+        order = np.lexsort((rng.random(len(images)), keys))
+        self.items = images[order].tolist()
+        ends = np.cumsum(np.bincount(keys, minlength=size))
+        self.start = (ends - np.bincount(keys, minlength=size)).tolist()
+        self.top = ends.tolist()
+
+    def pop(self, key: int, used: bytearray) -> int | None:
+        k, s = self.top[key], self.start[key]
+        while k > s and used[self.items[k - 1]]:
+            k -= 1
+        self.top[key] = max(k - 1, s)
+        return self.items[k - 1] if k > s else None
+
+
+class _TupleRound:
+    """One round of :class:`TupleSampler`: full per-class pools, consumed tuple by tuple."""
+
+    def __init__(self, sampler: TupleSampler, rng: np.random.Generator) -> None:
+        self.s = sampler
+        labels, pred = sampler.labels, sampler.predictions
+        size = int(max(labels.max(), -1 if pred is None else pred.max())) + 1
+        self.label = labels.tolist()
+        self.used = bytearray(len(labels))
+        counts = np.bincount(labels, minlength=size)
+        self.avail = counts.tolist()
+        self.pools = _Pools(rng, np.arange(len(labels)), labels, size)
+        self.anchors = _ClassSet(sampler._anchor_classes.tolist(), size)
+        self.nonempty = _ClassSet(np.flatnonzero(counts).tolist(), size)
+        if pred is not None:
+            self.pred = pred.tolist()
+            correct = np.flatnonzero(pred == labels)
+            wrong = np.flatnonzero(pred != labels)
+            self.true_positives = _Pools(rng, correct, labels[correct], size)
+            self.false_positives = _Pools(rng, wrong, pred[wrong], size)  # keyed by the class they are taken for
+
+    def take(self, i: int) -> int:
+        self.used[i] = 1
+        c = self.label[i]
+        self.avail[c] -= 1
+        if self.avail[c] < 2:
+            self.anchors.discard(c)
+            if self.avail[c] == 0:
+                self.nonempty.discard(c)
+        return i
+
+    def take_from(self, pools: _Pools, key: int) -> int | None:
+        i = pools.pop(key, self.used)
+        return None if i is None else self.take(i)
+
+    def tuple(self, u: _Uniforms) -> list[int] | None:
+        """The next tuple, or None when the round cannot complete one."""
+        s = self.s
+        negatives = s.tuple_size - 2
+        c = self.anchors.choice(u())
+        a = self.take_from(self.pools, c)
+        ns: list[int] = []
+        if s.predictions is None:
+            p = self.take_from(self.pools, c)
+        else:
+            confused = self.pred[a]
+            if confused == c:
+                p = self.take_from(self.pools, c)
+            else:
+                p = self.take_from(self.true_positives, c)
+                if p is None:
+                    p = self.take_from(self.pools, c)
+            for _ in range(negatives):
+                if confused == c:
+                    n = self.take_from(self.false_positives, c) if u() < s.P_FALSE_POSITIVE else None
+                else:
+                    n = self.take_from(self.false_positives, c) if u() < s.P_FALSE_POSITIVE_MISSED else None
+                    if n is None and u() < s.P_CONFUSED_CLASS and self.avail[confused] > 0:
+                        n = self.take_from(self.pools, confused)
+                if n is not None:
+                    ns.append(n)
+        classes = self._random_classes(u, c, negatives - len(ns))
+        while len(ns) < negatives and classes:
+            left = []
+            for nc in classes:
+                ns.append(self.take_from(self.pools, nc))  # type: ignore[arg-type]
+                if self.avail[nc] > 0:
+                    left.append(nc)
+                if len(ns) == negatives:
+                    break
+            classes = left
+        if len(ns) < negatives:
+            return None
+        return [a, p, *ns]  # type: ignore[list-item]
+
+    def _random_classes(self, u: _Uniforms, exclude: int, k: int) -> list[int]:
+        """``k`` distinct random classes with unused images, other than ``exclude`` (all of them if fewer)."""
+        if k <= 0:
+            return []
+        others = len(self.nonempty) - (exclude in self.nonempty)
+        if others <= k:
+            return [c for c in self.nonempty.items if c != exclude]
+        chosen: list[int] = []
+        while len(chosen) < k:
+            c = self.nonempty.choice(u())
+            if c != exclude and c not in chosen:
+                chosen.append(c)
+        return chosen
+
+
+def read_predictions(
+    path: str | os.PathLike, paths: Sequence[str | os.PathLike], labels: Sequence[int] | np.ndarray | None = None
+) -> np.ndarray:
+    """Each image's predicted class from a CFCD predictions file, in the order of ``paths``.
+
+    Format (CFCD ``core/trainer.py`` ``infer_epoch`` writes it, ``datasets/commondataset.py`` reads it as
+    ``landmark_scores.txt``): one line per image, ``<image path> <true class> <predicted class> <score>``,
+    whitespace-separated (the path may contain spaces; the last three fields are split off). Paths are compared
+    after ``os.path.normpath``; every image of ``paths`` must be listed. Classes must be in the training set's label
+    space: with ``labels`` the true classes are checked against it (a ValueError on the first mismatch).
+    """
+    table: dict[str, tuple[int, int]] = {}
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").rsplit(maxsplit=3)
+            if len(fields) != 4:
+                raise ValueError(f"{path}:{number}: expected '<path> <true> <predicted> <score>', got {line!r}")
+            table[os.path.normpath(fields[0])] = (int(fields[1]), int(fields[2]))
+    keys = [os.path.normpath(os.fspath(p)) for p in paths]
+    missing = [k for k in keys if k not in table]
+    if missing:
+        raise ValueError(f"{path} lists no prediction for {len(missing)} image(s), e.g. {missing[:3]}")
+    true = np.array([table[k][0] for k in keys], dtype=np.int64)
+    if labels is not None:
+        bad = np.flatnonzero(true != np.asarray(labels, dtype=np.int64).reshape(-1))
+        if len(bad):
+            raise ValueError(
+                f"{path}: true class {true[bad[0]]} of {keys[bad[0]]} differs from its label "
+                f"{np.asarray(labels)[bad[0]]} ({len(bad)} mismatches): the file uses another label space"
+            )
+    return np.array([table[k][1] for k in keys], dtype=np.int64)
 
 
 def _draw_within(rng: np.random.Generator, sizes: np.ndarray, k: int) -> np.ndarray:

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from irlib.data.images import load_image
 from irlib.data.revisited import CROP_MODES, RevisitedDataset, crop_query
 from irlib.io import save_npy, write_json
-from irlib.models.base import to_channels_last
+from irlib.models.base import RetrievalModel, to_channels_last
+from irlib.models.pooling import mean_of_scales
 
 SQRT2 = math.sqrt(2)
 DEFAULT_SCALES: tuple[float, ...] = (1 / SQRT2, 1.0, SQRT2)
@@ -253,15 +254,11 @@ def multiscale_descriptor(
         h, w = x.shape[-2:]
         used = [s for s in scales if min(int(h * s), int(w * s)) >= min_side] or [1.0]
         xs = [x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False) for s in used]
-    total = None
-    for x in xs:
-        d = F.normalize(model(x.contiguous(memory_format=memory_format)), dim=-1)
-        total = d if total is None else total + d
-    return F.normalize(total, dim=-1)
+    return mean_of_scales(model(x.contiguous(memory_format=memory_format)) for x in xs)
 
 
 def extract_descriptors(
-    model: nn.Module,
+    model: RetrievalModel,
     paths: Sequence[str | os.PathLike],
     *,
     boxes: Sequence[Sequence[float] | None] | None = None,
@@ -350,7 +347,7 @@ class FeatureCache:
 
 
 def extract_revisited(
-    model: nn.Module,
+    model: RetrievalModel,
     dataset: RevisitedDataset,
     cfg: ExtractConfig = ExtractConfig(),
     *,
@@ -388,6 +385,6 @@ def extract_revisited(
             )
             if cache:
                 meta = {"dataset": dataset.name, "part": name, "n": len(paths), "settings": cfg.settings()}
-                cache.save(key, feats, meta | {"model": getattr(model, "config", {})})
+                cache.save(key, feats, meta | {"model": model.config})
         parts.append(feats)
     return parts[0], parts[1]

@@ -17,7 +17,6 @@ last retrieved positive)`` can make it larger.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -26,13 +25,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-import irlib
 from irlib.data.revisited import RevisitedDataset
 from irlib.eval.extract import ExtractConfig, extract_revisited, model_fingerprint
 from irlib.eval.metrics import top_k_ids
+from irlib.eval.records import eval_record
 from irlib.eval.rerank import (
     QUERY_EXPANSIONS,
     alpha_dba,
@@ -53,7 +50,8 @@ from irlib.eval.search import (
 from irlib.eval.search import search_params as fill_search_params
 from irlib.eval.shards import load_features, read_meta
 from irlib.io import atomic_path, sha256_file, write_json
-from irlib.results.runs import eval_record, write_run
+from irlib.models.base import RetrievalModel
+from irlib.provenance import library_versions, write_run
 
 
 @dataclass
@@ -171,7 +169,7 @@ def _rerank_shortlist(
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: RetrievalModel,
     dataset: RevisitedDataset,
     cfg: ExtractConfig = ExtractConfig(),
     *,
@@ -184,13 +182,13 @@ def evaluate_model(
     rerank_params: Mapping[str, Any] | None = None,
     dba: Mapping[str, Any] | None = None,
     distractor_features: str | os.PathLike | None = None,
-    distractor_name: str = "1m",
+    distractor_name: str = "r1m",
 ) -> EvalResult:
     """Extract descriptors with ``model``, rank the database by inner product and compute E/M/H metrics.
 
     ``distractor_features``: a folder written by :func:`irlib.eval.shards.extract_sharded` (``python -m irlib
     extract``) with the same model and settings; its memory-mapped descriptors join the database after the test
-    images (``<name>+1m``), searched in blocks of rows and never copied whole.
+    images (``<name>+r1m``), searched in blocks of rows and never copied whole.
 
     ``search`` / ``search_params``: :data:`irlib.eval.search.SEARCHES` (see :func:`search_database` and the module
     docstring on truncated rankings). ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS` with
@@ -210,7 +208,7 @@ def evaluate_model(
     if distractors is not None:
         x = StackedDatabase(x, distractors)
         dataset = replace(dataset, distractor_name=distractor_name)
-    model_config = dict(getattr(model, "config", {}))
+    model_config = dict(model.config)
     metrics: dict[str, Any] = {
         "dataset": dataset.label,
         "method": model_config.get("method", type(model).__name__),
@@ -232,7 +230,7 @@ def evaluate_model(
             "weights_sha256": sha256_file(model_config["weights"]) if model_config.get("weights") else None,
             "state_dict_sha256": fingerprint,
             "device": str(cfg.resolved_device()),
-            "versions": {"irlib": irlib.__version__, "torch": torch.__version__, "python": platform.python_version()},
+            "versions": library_versions(),
             "seconds": seconds,
         },
     }

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from scipy.sparse.linalg import cg
 
 from irlib.eval.metrics import top_k_ids
 from irlib.eval.search import StackedDatabase, database_scores
+from irlib.registry import Registry
 
 # largest float32 temporaries (elements) built at once by the chunked loops below
 _CHUNK_ELEMENTS = 1 << 24
@@ -476,22 +477,24 @@ def superglobal_rerank(
 
 # --- one entry point for the evaluation pipeline -----------------------------------------------------------------
 
-SHORTLIST_RERANKERS = {
-    "superglobal": superglobal_rerank,
-    "k_reciprocal": k_reciprocal_rerank,
-    "diffusion": diffusion_rerank,
-}
-QUERY_EXPANSIONS = {"alpha_qe": alpha_qe, "average_qe": average_qe}
-RERANKERS: tuple[str, ...] = tuple(sorted(SHORTLIST_RERANKERS | QUERY_EXPANSIONS))
-"""Names accepted by :func:`rerank_scores` (``--rerank`` of ``python -m irlib eval``)."""
+RERANKERS: Registry[Callable[..., Reranked]] = Registry("reranker")
+"""Names accepted by :func:`rerank_scores` (``--rerank`` of ``python -m irlib eval``): shortlist rerankers and the
+query expansions (:data:`QUERY_EXPANSIONS`)."""
+for _name, _fn in (
+    ("superglobal", superglobal_rerank),
+    ("k_reciprocal", k_reciprocal_rerank),
+    ("diffusion", diffusion_rerank),
+    ("alpha_qe", alpha_qe),
+    ("average_qe", average_qe),
+):
+    RERANKERS.register(_name, _fn)
+QUERY_EXPANSIONS: frozenset[str] = frozenset({"alpha_qe", "average_qe"})
+"""The rerankers that expand the queries and search again instead of reordering a shortlist."""
 
 
 def reranker_params(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``params`` completed with the method's defaults (what a run records); unknown names raise ValueError."""
-    fns = SHORTLIST_RERANKERS | QUERY_EXPANSIONS
-    if method not in fns:
-        raise ValueError(f"unknown reranker {method!r}; choose one of {', '.join(RERANKERS)}")
-    signature = inspect.signature(fns[method])
+    signature = inspect.signature(RERANKERS.get(method))
     accepted = {
         n: p.default for n, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY or n in ("k", "alpha")
     }
@@ -527,7 +530,7 @@ def rerank_ids(
     """Each query's shortlist ``top (n_q, m)`` of database ids (best first) reordered by the shortlist reranker
     ``method`` (completed ``params``), reading only those rows of ``X``; returns ``(n_q, m)`` ids."""
     q, rows, sub, ranks = _shortlist_rows(Q, X, top)
-    result = SHORTLIST_RERANKERS[method](q, sub, ranks=ranks, **params)
+    result = RERANKERS[method](q, sub, ranks=ranks, **params)
     return rows[result.ranks[: top.shape[1]].T]
 
 
@@ -537,7 +540,7 @@ def expand_queries(
     """The queries ``(n_q, D)`` expanded by the query expansion ``method`` (completed ``params``) from their top
     results ``top (n_q, k)``, reading only those rows of ``X``; search again with them."""
     q, _, sub, ranks = _shortlist_rows(Q, X, top)
-    return QUERY_EXPANSIONS[method](q, sub, ranks=ranks, **params).details["queries"]
+    return RERANKERS[method](q, sub, ranks=ranks, **params).details["queries"]
 
 
 def rerank_scores(

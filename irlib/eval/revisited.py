@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from irlib.data.revisited import GND_FIELDS, validate_gnd
+
 PROTOCOLS: tuple[str, ...] = ("easy", "medium", "hard")
-_GND_FIELDS: tuple[str, ...] = ("easy", "hard", "junk")
 # (fields that are positives, fields that are junk) per protocol
 _PROTOCOL_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "easy": (("easy",), ("junk", "hard")),
@@ -206,31 +207,6 @@ def stable_positions(row: np.ndarray, items: np.ndarray, n_bins: int = 1 << 14) 
     return pos
 
 
-def validate_gnd(gnd: Sequence[Mapping[str, Any]], n_db: int | None = None) -> None:
-    """Raise ``ValueError`` naming the query and field unless ``gnd`` is a well-formed revisited ground truth.
-
-    Each query needs integer ``easy``/``hard``/``junk`` lists that are disjoint and duplicate-free, and, when
-    ``n_db`` is given, inside ``[0, n_db)``.
-    """
-    if isinstance(gnd, Mapping):
-        raise ValueError("gnd must be the per-query list (cfg['gnd'] of a revisitop pickle), not the whole dict")
-    for i, q in enumerate(gnd):
-        if not isinstance(q, Mapping):
-            raise ValueError(f"gnd[{i}] must be a mapping with fields {_GND_FIELDS}, got {type(q).__name__}")
-        missing = [f for f in _GND_FIELDS if f not in q]
-        if missing:
-            raise ValueError(f"gnd[{i}] lacks field(s) {missing}; each query needs {_GND_FIELDS}")
-        for f in _GND_FIELDS:
-            arr = np.asarray(q[f])
-            if arr.size and not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"gnd[{i}][{f!r}] must hold integer database indices, got dtype {arr.dtype}")
-            if n_db is not None and arr.size and (arr.min() < 0 or arr.max() >= n_db):
-                raise ValueError(f"gnd[{i}][{f!r}] has indices outside [0, {n_db}) (min {arr.min()}, max {arr.max()})")
-        ids = _ids(q, _GND_FIELDS)
-        if np.unique(ids).size != ids.size:
-            raise ValueError(f"gnd[{i}]: easy/hard/junk must be disjoint and free of duplicates")
-
-
 def evaluate(
     gnd: Sequence[Mapping[str, Any]],
     *,
@@ -292,7 +268,7 @@ def evaluate(
     validate_gnd(gnd, n_db=scores.shape[1])
 
     def field_positions(i: int) -> dict[str, np.ndarray]:
-        fields = {f: _ids(gnd[i], (f,)) for f in _GND_FIELDS}
+        fields = {f: _ids(gnd[i], (f,)) for f in GND_FIELDS}
         items = np.unique(np.concatenate(list(fields.values())))
         where = stable_positions(scores[i], items)
         return {f: where[np.searchsorted(items, ids)] for f, ids in fields.items()}

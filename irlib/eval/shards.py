@@ -10,7 +10,7 @@ there, rank 0 concatenates them into ``features.npy`` ``(N, D)`` float16 and rem
 
 Run one process per GPU with ``torchrun --nproc_per_node=N -m irlib extract ...``: the ranks come from
 ``torch.distributed`` (on one CPU, a single process using every core is as fast: ``benchmarks/README.md``).
-Independent jobs (no process group, e.g. a job array) may pass ``rank`` and ``world_size`` themselves and call
+Independent jobs (no process group, e.g. a job array) may pass ``process_rank`` and ``world_size`` themselves and call
 :func:`assemble` when all are done.
 """
 
@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch.distributed as dist
-from torch import nn
 from tqdm.auto import tqdm
 
 from irlib.eval.extract import ExtractConfig, extract_descriptors, model_fingerprint
 from irlib.io import atomic_path, save_npy, write_json
+from irlib.models.base import RetrievalModel
 
 META = "meta.json"
 FEATURES = "features.npy"
@@ -57,19 +57,21 @@ def chunk_path(out_dir: str | os.PathLike, start: int, end: int) -> Path:
     return Path(out_dir) / CHUNKS / f"{start:09d}-{end:09d}.npy"
 
 
-def _ranks(rank: int | None, world_size: int | None) -> tuple[int, int, bool]:
-    """``(rank, world_size, distributed)``: from the process group when there is one, else as given (0 of 1)."""
+def _process_rank(process_rank: int | None, world_size: int | None) -> tuple[int, int, bool]:
+    """``(process_rank, world_size, distributed)``: from the process group when there is one, else as given (0 of
+    1)."""
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         got = dist.get_rank(), dist.get_world_size()
-        if (rank is not None and rank != got[0]) or (world_size is not None and world_size != got[1]):
+        if (process_rank is not None and process_rank != got[0]) or (world_size is not None and world_size != got[1]):
             raise ValueError(
-                f"rank={rank}, world_size={world_size} contradict the process group (rank {got[0]} of {got[1]})"
+                f"process_rank={process_rank}, world_size={world_size} contradict the process group (rank {got[0]} "
+                f"of {got[1]})"
             )
         return got[0], got[1], True
-    rank, world_size = (0 if rank is None else rank), (1 if world_size is None else world_size)
+    rank, world_size = (0 if process_rank is None else process_rank), (1 if world_size is None else world_size)
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        raise ValueError(f"need 0 <= process_rank < world_size, got process_rank={rank}, world_size={world_size}")
     return rank, world_size, False
 
 
@@ -161,13 +163,13 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 def extract_sharded(
-    model: nn.Module,
+    model: RetrievalModel,
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
     *,
     chunk_size: int = 1024,
-    rank: int | None = None,
+    process_rank: int | None = None,
     world_size: int | None = None,
     dataset: str | None = None,
     progress: bool = True,
@@ -180,7 +182,7 @@ def extract_sharded(
         out_dir: the feature folder, new or empty (created), or one this function wrote before (resumed).
         cfg: extraction settings; descriptors are stored as float16 whatever ``cfg.fp16`` says.
         chunk_size: images per chunk file (a resumed job must use the same).
-        rank, world_size: taken from ``torch.distributed`` when it is initialised (they must agree if given);
+        process_rank, world_size: taken from ``torch.distributed`` when it is initialised (they must agree if given);
             without a process group they default to 0 and 1.
         dataset: a name for error messages about images.
         progress: a progress bar per rank (images of this rank's missing chunks).
@@ -194,10 +196,10 @@ def extract_sharded(
         raise ValueError("no images to extract")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    dim = getattr(model, "feat_dim", None)
+    dim = model.feat_dim
     if not isinstance(dim, int):
         raise ValueError(f"the model needs an integer feat_dim (descriptor size), got {dim!r}")
-    rank, world_size, distributed = _ranks(rank, world_size)
+    rank, world_size, distributed = _process_rank(process_rank, world_size)
     alone = distributed or world_size == 1  # no other job writes into out_dir
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

@@ -27,6 +27,8 @@ class MarginHead(ConfiguredLoss):
     inputs), even under autocast.
     """
 
+    owns_classes = True
+
     def __init__(self, num_classes: int, embedding_dim: int, subcenters: int = 1) -> None:
         super().__init__(num_classes=num_classes, embedding_dim=embedding_dim, subcenters=subcenters)
         if num_classes < 1 or embedding_dim < 1 or subcenters < 1:

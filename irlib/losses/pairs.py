@@ -27,6 +27,8 @@ def _miner_name(miner: str | TripletMiner) -> str:
 class _MinedLoss(ConfiguredLoss):
     """Shared set-up of the mined losses: margin, miner, reduction and normalisation."""
 
+    needs_positives = True
+
     def __init__(
         self,
         margin: float,

@@ -20,6 +20,8 @@ from irlib.losses.base import ConfiguredLoss
 class _BatchAPLoss(ConfiguredLoss):
     """Shared batch handling of the AP losses; subclasses define ``query_ap(sim, pos, valid) -> (B,)``."""
 
+    needs_positives = True
+
     def query_ap(self, sim: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
         """Per-query surrogate AP ``(B, B) -> (B,)`` (NaN for a query without positives)."""
         raise NotImplementedError

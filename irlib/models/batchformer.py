@@ -2,14 +2,15 @@
 
 A ``TransformerEncoderLayer(d_model=D, nhead=4, dim_feedforward=D, dropout=0.5)`` (the README's settings) attends
 across the samples of a batch: the ``(B, D)`` descriptors are one length-B sequence. In training the shared
-classifier sees both streams, ``head(cat([descriptors, batch_attended]))`` with the labels repeated twice
-(:meth:`BatchFormer.forward_train`); at test time the encoder is skipped, so ``forward`` is exactly the wrapped
-model's descriptor (no batch dependence, no cost).
+classifier sees both streams: :meth:`BatchFormer.forward_train` adds ``"batch_attended"`` to the wrapped model's
+training outputs and :meth:`BatchFormer.descriptor_streams` makes the run's descriptor losses read
+``cat([descriptor, batch_attended])`` with the labels repeated twice (one head, 2B rows). At test time the encoder
+is skipped, so ``forward`` is exactly the wrapped model's descriptor (no batch dependence, no cost).
 
 Our choices: the encoder reads the wrapped model's L2-normalised descriptors (the only output every method shares)
 and its output is L2-normalised too, so both streams live on the same sphere for a cosine-margin head; ``forward``
-returns the per-image descriptor in training mode as well (so ``(B, D)`` batches stay ``(B, D)``): training code
-calls :meth:`forward_train`.
+returns the per-image descriptor in training mode as well (so ``(B, D)`` batches stay ``(B, D)``). The wrapped
+model's own training outputs and auxiliary loss terms (e.g. DELG's local branch) are kept.
 
 ``inspect`` keys: the wrapped model's (``"features"``, ``"descriptor"``, its maps) plus ``"batch_attention"``
 ``(B, B)``: the encoder's head-averaged attention between the images of the batch.
@@ -23,23 +24,19 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from irlib.models._registry import create_model, register_model
-from irlib.models.backbones import load_state_dict_strict, read_state_dict
+from irlib.losses.composite import DESCRIPTOR, Stream
+from irlib.models._registry import register_model
 from irlib.models.base import RetrievalModel
+from irlib.models.wrapper import WrappedModel
 
 
 @register_model("batchformer")
-class BatchFormer(RetrievalModel):
+class BatchFormer(WrappedModel):
     """A retrieval model plus a training-only transformer over the batch.
 
     Args:
-        model: an already-built irlib model to wrap; when ``None`` one is built with
-            ``create_model(base, backbone=backbone, pretrained=pretrained, **base_kwargs)``.
-        backbone, pretrained, base_kwargs: for building the wrapped model (``base_kwargs`` are the remaining
-            keyword arguments, e.g. ``whitening=512`` for ``base="gem"``).
-        weights: a local state dict of the whole wrapper (keys ``model.*`` and ``batchformer.*``, loaded strictly),
-            or of the wrapped model alone (then loaded by the wrapped model's own rules).
-        base: the wrapped method's name (ignored when ``model`` is given).
+        model, backbone, pretrained, weights, base, base_kwargs: the wrapped model (:class:`WrappedModel`); whole-
+            wrapper weights hold keys ``model.*`` and ``batchformer.*``.
         nhead, dim_feedforward, dropout: of the encoder layer; ``dim_feedforward=None`` means D.
     """
 
@@ -56,66 +53,28 @@ class BatchFormer(RetrievalModel):
         dropout: float = 0.5,
         **base_kwargs: Any,
     ) -> None:
-        super().__init__()
-        if pretrained and weights is not None:
-            raise ValueError("Pass either pretrained=True or weights=PATH, not both.")
-        state_dict = read_state_dict(weights) if weights is not None else None
-        wrapper_weights = state_dict is not None and any(k.startswith("batchformer.") for k in state_dict)
-        if model is None:
-            inner_weights = weights if state_dict is not None and not wrapper_weights else None
-            model = create_model(base, backbone=backbone, pretrained=pretrained, weights=inner_weights, **base_kwargs)
-        elif base_kwargs or pretrained:
-            given = sorted(base_kwargs) + (["pretrained"] if pretrained else [])
-            raise ValueError(f"arguments {given} only apply when the model is built here")
-        elif state_dict is not None and not wrapper_weights:
-            raise ValueError("with an already-built model, weights must be a whole-BatchFormer state dict")
-        self.model = model
-        dim = int(model.feat_dim)
+        super().__init__(model, backbone, pretrained, base, base_kwargs)
+        dim = self.feat_dim
         if dim % nhead:
             raise ValueError(f"descriptor size {dim} is not divisible by nhead={nhead}")
         self.batchformer = nn.TransformerEncoderLayer(dim, nhead, dim_feedforward or dim, dropout)
-        self.feat_dim: int = dim
-        self.data_config: dict[str, Any] = dict(model.data_config)
-        self.config: dict[str, Any] = {
-            "method": "batchformer",
-            "backbone": model.config.get("backbone", backbone),
-            "pretrained": model.config.get("pretrained", pretrained),
-            "weights": os.fspath(weights) if weights is not None else None,
-            "base": model.config.get("method", base),
-            "base_config": dict(model.config),
-            "nhead": nhead,
-            "dim_feedforward": dim_feedforward,
-            "dropout": dropout,
-        }
-        if wrapper_weights:
-            load_state_dict_strict(self, state_dict, os.fspath(weights))
-
-    @property
-    def bgr_weights(self) -> bool:
-        """The wrapped model's flag (it flips its own input)."""
-        return self.model.bgr_weights
-
-    @bgr_weights.setter
-    def bgr_weights(self, value: bool) -> None:
-        self.model.bgr_weights = value
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """(B,3,H,W) -> the wrapped model's feature map (B,C,h,w)."""
-        return self.model.forward_features(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B,3,H,W) -> (B,D): the wrapped model's descriptor, unchanged (the encoder is training-only)."""
-        return self.model(x)
 
     def attend(self, descriptors: Tensor) -> Tensor:
         """(B,D) descriptors -> (B,D) L2-normalised outputs of the encoder run over the batch as a sequence."""
         return F.normalize(self.batchformer(descriptors.unsqueeze(1)).squeeze(1), dim=-1)
 
-    def forward_train(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B,3,H,W) -> (descriptors (B,D), batch-attended descriptors (B,D)); apply the shared head to
-        ``torch.cat`` of both with labels ``labels.repeat(2)``."""
-        descriptors = self.model(x)
-        return descriptors, self.attend(descriptors)
+    def forward_train(self, x: Tensor) -> dict[str, Tensor]:
+        """(B,3,H,W) -> the wrapped model's training outputs plus ``"batch_attended"`` (B,D)."""
+        out = self.model.forward_train(x)
+        out["batch_attended"] = self.attend(out[DESCRIPTOR])
+        return out
+
+    def output_dims(self) -> dict[str, int]:
+        return self.model.output_dims() | {"batch_attended": self.feat_dim}
+
+    def descriptor_streams(self) -> tuple[Stream, ...]:
+        """One stream of both: the shared classifier on ``cat([descriptor, batch_attended])`` (2B rows)."""
+        return (Stream((DESCRIPTOR, "batch_attended")),)
 
     def inspect(self, x: Tensor) -> dict[str, Tensor]:
         """The wrapped model's maps plus ``"batch_attention"`` (B,B)."""

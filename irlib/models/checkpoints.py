@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from irlib.io import atomic_path
 from irlib.models._registry import import_method_modules
 from irlib.models.backbones import load_state_dict_strict, pycls_resnet_key, read_checkpoint
+from irlib.models.base import RetrievalModel
+from irlib.registry import Registry
 
 __all__ = [
     "Converter",
@@ -30,22 +32,15 @@ __all__ = [
 Converter = Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
 """``fn(official_state_dict, model) -> irlib_state_dict``; raises ``ValueError`` naming unmappable keys."""
 
-_CONVERTERS: dict[str, Converter] = {"irlib": lambda state_dict, model: dict(state_dict)}
+CONVERTERS: Registry[Converter] = Registry("checkpoint source", populate=import_method_modules)
+"""Source name (the code that wrote a checkpoint) -> converter; ``"irlib"`` takes irlib's own state dicts."""
+CONVERTERS.register("irlib", lambda state_dict, model: dict(state_dict))
+
+register_converter = CONVERTERS.register
+"""Decorator registering the converter of checkpoints from ``source``: ``@register_converter("cvnet")``."""
 
 
-def register_converter(source: str) -> Callable[[Converter], Converter]:
-    """Decorator registering the converter of checkpoints from ``source`` (e.g. ``"cvnet"``)."""
-
-    def decorator(fn: Converter) -> Converter:
-        if source in _CONVERTERS:
-            raise ValueError(f"a converter for {source!r} is already registered")
-        _CONVERTERS[source] = fn
-        return fn
-
-    return decorator
-
-
-def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+def save_checkpoint(model: RetrievalModel, path: str | os.PathLike) -> None:
     """Write ``{"state_dict", "config", "bgr_weights", "irlib_version"}`` atomically.
 
     Unlike a bare ``torch.save(model.state_dict())``, the file keeps ``bgr_weights``, so a converted official
@@ -55,8 +50,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
 
     payload = {
         "state_dict": model.state_dict(),
-        "config": dict(getattr(model, "config", {})),
-        "bgr_weights": bool(getattr(model, "bgr_weights", False)),
+        "config": dict(model.config),
+        "bgr_weights": bool(model.bgr_weights),
         "irlib_version": irlib.__version__,
     }
     with atomic_path(path) as tmp:
@@ -64,12 +59,12 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def list_checkpoint_sources() -> list[str]:
-    import_method_modules()
-    return sorted(_CONVERTERS)
+    """Sorted sources :func:`load_checkpoint` converts from."""
+    return CONVERTERS.names()
 
 
 def load_checkpoint(
-    model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Tensor], source: str = "irlib"
+    model: RetrievalModel, checkpoint: str | os.PathLike | Mapping[str, Tensor], source: str = "irlib"
 ) -> nn.Module:
     """Load an official (or irlib) checkpoint into ``model``; returns ``model``.
 
@@ -79,14 +74,12 @@ def load_checkpoint(
             or a state dict.
         source: which code produced it; see :func:`list_checkpoint_sources`.
     """
-    import_method_modules()
-    if source not in _CONVERTERS:
-        raise ValueError(f"unknown checkpoint source {source!r}; available: {', '.join(list_checkpoint_sources())}")
+    convert = CONVERTERS.get(source)
     if isinstance(checkpoint, Mapping):
         state_dict, meta, label = dict(checkpoint), {}, f"the given {source} state dict"
     else:
         (state_dict, meta), label = read_checkpoint(checkpoint), f"{os.fspath(checkpoint)} ({source})"
-    load_state_dict_strict(model, _CONVERTERS[source](state_dict, model), label)
+    load_state_dict_strict(model, convert(state_dict, model), label)
     if "bgr_weights" in meta:
         model.bgr_weights = bool(meta["bgr_weights"])
     return model

@@ -10,16 +10,14 @@ with ``learn_p=True`` and ``whitening=D``; the converter ``"cvnet"`` loads the o
     ``gem_weights`` ``(B, h, w)``: each position's share of the GeM pooling, see :func:`gem_position_weights`.
 
 Multi-scale extraction (official ``test/test_utils.py``): the extractor resizes the image, computes one descriptor per
-scale, then :func:`average_scales`.
+scale, then :func:`irlib.models.pooling.mean_of_scales`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from irlib.models._registry import register_model
@@ -37,11 +35,6 @@ def gem_position_weights(x: Tensor, p: float | Tensor, eps: float) -> Tensor:
     """
     powered = x.clamp(min=eps).pow(p)
     return (powered / powered.sum(dim=(-2, -1), keepdim=True)).mean(dim=1)
-
-
-def average_scales(per_scale: Tensor) -> Tensor:
-    """CVNet's multi-scale aggregation (S,B,D) -> (B,D): L2 per scale, mean over scales, L2."""
-    return F.normalize(F.normalize(per_scale, dim=-1).mean(dim=0), dim=-1)
 
 
 @register_model("cvnet")
@@ -70,14 +63,6 @@ class CVNetGlobal(GeMNet):
         dim: int = 2048,
     ) -> None:
         super().__init__(backbone, pretrained=pretrained, weights=weights, p=p, learn_p=True, whitening=dim)
-        self.config: dict[str, Any] = {
-            "method": "cvnet",
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "p": p,
-            "dim": dim,
-        }
 
     def inspect(self, x: Tensor) -> dict[str, Tensor]:
         """Adds ``gem_weights`` (B,h,w) to ``features`` (B,C,h,w) and ``descriptor`` (B,D)."""

@@ -19,17 +19,21 @@ attention-pooled vector) are training heads outside the model; :func:`reconstruc
 ``inspect`` keys: ``"features"`` ``(B, C, h, w)``, ``"descriptor"`` ``(B, dim)``; with the local branch also
 ``"attention"`` ``(B, h3, w3)`` (softplus scores) and ``"local_features"`` ``(B, 128, h3, w3)`` (h3 = 2h, w3 = 2w
 for stride-32 backbones).
+
+ViT backbones (all blocks at the patch stride): the local branch reads the raw output of block
+``ceil(2 depth / 3) - 1`` (:func:`irlib.models.backbones.local_stage_index`), on the same grid as ``features``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from irlib.losses.composite import LossTerm
 from irlib.models._registry import register_model
+from irlib.models.backbones import feature_maps, local_stage_index
 from irlib.models.base import RetrievalModel
 from irlib.models.pooling import GeM
 
@@ -42,9 +46,8 @@ def stride16_stage_index(backbone: nn.Module) -> int:
     return stages[-1]
 
 
-def reconstruction_loss(stage3: Tensor, reconstruction: Tensor) -> Tensor:
-    """DELG's autoencoder loss (Cao et al., ECCV 2020): mean squared error, ``(B,C3,h,w)`` x2 -> scalar."""
-    return F.mse_loss(reconstruction, stage3)
+ATTENTION_LOSS_WEIGHT = 1.0
+RECONSTRUCTION_LOSS_WEIGHT = 10.0
 
 
 class DELGAttention(nn.Module):
@@ -53,6 +56,7 @@ class DELGAttention(nn.Module):
     def __init__(self, in_channels: int, hidden: int = 512) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, hidden, 1)
+        self.conv1.bias.requires_grad_(False)  # frozen on purpose: the BN that follows cancels it (TF keeps it)
         self.bn = nn.BatchNorm2d(hidden)
         self.conv2 = nn.Conv2d(hidden, 1, 1)
 
@@ -97,28 +101,16 @@ class DELG(RetrievalModel):
         attention_hidden: int = 512,
     ) -> None:
         super().__init__()
-        channels = self.build_backbone(backbone, pretrained, weights)
+        channels = self.build_backbone(backbone, pretrained)
         self.pool = GeM(p=3.0)
         self.whiten = nn.Linear(channels, dim)
         self.local_branch = local_branch
-        self._stage3 = stride16_stage_index(self.backbone)
+        self._stage3 = local_stage_index(self.backbone)
         if local_branch:
             c3 = int(self.backbone.feature_info[self._stage3]["num_chs"])
             self.attention = DELGAttention(c3, attention_hidden)
             self.autoencoder = DELGAutoencoder(c3, local_dim)
         self.feat_dim: int = dim
-        self.config: dict[str, Any] = {
-            "method": "delg",
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "dim": dim,
-            "local_branch": local_branch,
-            "local_dim": local_dim,
-            "attention_hidden": attention_hidden,
-        }
-        if weights is not None:
-            self.load_weights(weights)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised images -> (B,C,h,w) last backbone feature map."""
@@ -134,13 +126,13 @@ class DELG(RetrievalModel):
     def forward_train(self, x: Tensor) -> dict[str, Tensor]:
         """Everything training needs in one backbone pass.
 
-        Returns ``"descriptor"`` (B,D); with the local branch also ``"stage3"`` (B,C3,h3,w3, detached),
-        ``"attention"`` (B,h3,w3), ``"local_features"`` (B,local_dim,h3,w3), ``"reconstruction"`` (B,C3,h3,w3)
-        and ``"attention_pooled"`` (B,C3), the input of the attention classifier.
+        Returns ``"descriptor"`` (B,D); with the local branch also ``"reconstruction_target"`` (B,C3,h3,w3, the
+        detached stride-16 features), ``"attention"`` (B,h3,w3), ``"local_features"`` (B,local_dim,h3,w3),
+        ``"reconstruction"`` (B,C3,h3,w3) and ``"attention_pooled"`` (B,C3), the input of the attention classifier.
         """
         if not self.local_branch:
             return {"descriptor": self(x)}
-        features, (stage3,) = self.backbone.forward_intermediates(self.to_backbone_order(x), indices=[self._stage3])
+        features, (stage3,) = feature_maps(self.backbone, self.to_backbone_order(x), [self._stage3])
         out = self.local_outputs(stage3)
         out["descriptor"] = self._global(features)
         return out
@@ -155,19 +147,37 @@ class DELG(RetrievalModel):
         reconstruction, local_features = self.autoencoder(stage3)
         pooled = (F.normalize(reconstruction, dim=1) * attention.unsqueeze(1)).mean(dim=(-2, -1))
         return {
-            "stage3": stage3,
+            "reconstruction_target": stage3,
             "attention": attention,
             "local_features": local_features,
             "reconstruction": reconstruction,
             "attention_pooled": pooled,
         }
 
+    def output_dims(self) -> dict[str, int]:
+        """The descriptor's size, and with the local branch C3 for the local outputs the losses read."""
+        dims = super().output_dims()
+        if self.local_branch:
+            c3 = self.autoencoder.expand.out_channels
+            dims |= {"attention_pooled": c3, "reconstruction": c3, "reconstruction_target": c3}
+        return dims
+
+    def loss_terms(self) -> list[LossTerm]:
+        """With the local branch, DELG's attention and reconstruction losses with the paper's weights (a run
+        re-weights them by naming them in ``TrainConfig.losses``)."""
+        if not self.local_branch:
+            return []
+        return [
+            LossTerm("delg_attention", weight=ATTENTION_LOSS_WEIGHT),
+            LossTerm("delg_reconstruction", weight=RECONSTRUCTION_LOSS_WEIGHT),
+        ]
+
     def inspect(self, x: Tensor) -> dict[str, Tensor]:
         """``"features"``, ``"descriptor"``; with the local branch ``"attention"`` (B,h3,w3) and
         ``"local_features"`` (B,local_dim,h3,w3)."""
         if not self.local_branch:
             return super().inspect(x)
-        features, (stage3,) = self.backbone.forward_intermediates(self.to_backbone_order(x), indices=[self._stage3])
+        features, (stage3,) = feature_maps(self.backbone, self.to_backbone_order(x), [self._stage3])
         local = self.local_outputs(stage3)
         return {
             "features": features,

@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +44,10 @@ from timm.models.resnet import ResNet
 from torch import Tensor, nn
 
 from irlib.models._registry import register_model
+from irlib.models.backbones import feature_maps, is_vit_backbone, local_stage_index
 from irlib.models.base import RetrievalModel
 from irlib.models.checkpoints import pycls_resnet_key, register_converter
-from irlib.models.pooling import GeM
+from irlib.models.pooling import GeM, mean_of_scales
 
 OFFICIAL_SCALES: tuple[float, ...] = (0.3535, 0.5, 0.7071, 1.0, 1.4142)
 """Scales of the official extraction, ``evaler/infer.py:33`` (1/(2 sqrt 2) ... sqrt 2)."""
@@ -121,22 +121,15 @@ def rescale(x: Tensor, scale: float) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
-def mean_of_scales(per_scale: Tensor) -> Tensor:
-    """(S,B,D) per-scale unit-norm descriptors -> (B,D): L2 of their mean, summed in scale order as the official
-    ``extract`` does (``evaler/infer.py:51-67``)."""
-    total = per_scale[0]
-    for desc in per_scale[1:]:
-        total = total + desc
-    return F.normalize(total / len(per_scale), dim=-1)
-
-
 @register_model("dolg")
 class DOLG(RetrievalModel):
     """DOLG (Yang et al., ICCV 2021): (B,3,H,W) RGB images -> (B, reduction_dim) unit-norm descriptors.
 
     Args:
         backbone: a timm ResNet (``resnet50``, ``resnet101``, ``resnet18``, ...); the local branch reads
-            ``layer3`` (stride 16), the global branch ``layer4`` (stride 32).
+            ``layer3`` (stride 16), the global branch ``layer4`` (stride 32). Or a timm ViT: the local branch reads
+            the raw output of block ``ceil(2 depth / 3) - 1``, the global branch the final patch-token map, both
+            on the patch grid (:func:`irlib.models.backbones.local_stage_index`).
         pretrained: ImageNet weights for the backbone (timm hub).
         weights: a local irlib state dict (keys ``backbone.*`` = the whole model, otherwise the bare backbone),
             loaded strictly.
@@ -164,35 +157,23 @@ class DOLG(RetrievalModel):
             raise ValueError(f"reduction_dim must be positive, got {reduction_dim}.")
         if multi_atrous and (not dilations or any(d < 1 for d in dilations)):
             raise ValueError(f"dilations must be positive integers, got {tuple(dilations)}.")
-        c4 = self.build_backbone(backbone, pretrained, weights)
-        if not isinstance(self.backbone, ResNet):
-            raise ValueError(f"DOLG needs a timm ResNet backbone (layer3 and layer4), got {backbone!r}.")
-        c3 = int(self.backbone.feature_info[-2]["num_chs"])
+        c4 = self.build_backbone(backbone, pretrained)
+        if not isinstance(self.backbone, ResNet) and not is_vit_backbone(self.backbone):
+            raise ValueError(f"DOLG needs a timm ResNet backbone (layer3 and layer4) or a ViT, got {backbone!r}.")
+        self._stage3 = local_stage_index(self.backbone)
+        c3 = int(self.backbone.feature_info[self._stage3]["num_chs"])
         aspp = MultiAtrous(c3, c3 // 2, c3, dilations) if multi_atrous else None
         self.local = SpatialAttention2d(c3, aspp)
         self.pool = GeM(p=p, learn_p=True)
         self.fc_t = nn.Linear(c4, c3)
         self.fc = nn.Linear(2 * c3, reduction_dim)
         self.feat_dim: int = reduction_dim
-        self.config: dict[str, Any] = {
-            "method": "dolg",
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "multi_atrous": multi_atrous,
-            "dilations": [int(d) for d in dilations],
-            "p": p,
-            "reduction_dim": reduction_dim,
-        }
-        if weights is not None:
-            self.load_weights(weights)
 
     def _stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B,3,H,W) RGB -> (f3 (B,C3,h3,w3), f4 (B,C4,h4,w4))."""
-        bb = self.backbone
-        x = bb.maxpool(bb.act1(bb.bn1(bb.conv1(self.to_backbone_order(x)))))
-        f3 = bb.layer3(bb.layer2(bb.layer1(x)))
-        return f3, bb.layer4(f3)
+        """(B,3,H,W) RGB -> (f3 (B,C3,h3,w3), f4 (B,C4,h4,w4)); for a ResNet timm's ``forward_intermediates`` runs
+        exactly ``conv1, bn1, act1, maxpool, layer1..layer4``."""
+        f4, (f3,) = feature_maps(self.backbone, self.to_backbone_order(x), [self._stage3])
+        return f3, f4
 
     def _branches(self, x: Tensor) -> dict[str, Tensor]:
         """Every tensor of the forward, keyed as in :meth:`inspect` (``descriptor`` excepted)."""

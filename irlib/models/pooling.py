@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -39,3 +42,16 @@ class GeM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.4g}, eps={self.eps:g}, learn_p={self.learn_p}"
+
+
+def mean_of_scales(per_scale: Iterable[Tensor]) -> Tensor:
+    """Multi-scale aggregation, ``S x (B, D)`` per-scale descriptors (or a stacked ``(S, B, D)``) -> ``(B, D)``: L2
+    per scale, summed in scale order, L2 (the mean's direction): cirtorch's, CVNet's and DOLG's (``extract`` sums in
+    scale order, ``evaler/infer.py:51-67``)."""
+    total: Tensor | None = None
+    for descriptor in per_scale:
+        descriptor = F.normalize(descriptor, dim=-1)
+        total = descriptor if total is None else total + descriptor
+    if total is None:
+        raise ValueError("mean_of_scales needs at least one scale")
+    return F.normalize(total, dim=-1)

@@ -28,7 +28,6 @@ position itself), ``"structure"`` ``(B, C, h, w)`` (the embedding ``S``) and ``"
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -111,24 +110,11 @@ class SENet(RetrievalModel):
         p: float = 3.0,
     ) -> None:
         super().__init__()
-        channels = self.build_backbone(backbone, pretrained, weights)
+        channels = self.build_backbone(backbone, pretrained)
         self.ssm = SelfSimilarityModule(channels, mid_dim, unfold_size, kernel_size)
         self.pool = GeM(p=p, learn_p=True)
         self.whiten = nn.Linear(channels, dim)
         self.feat_dim: int = dim
-        self.config: dict[str, Any] = {
-            "method": "senet",
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "dim": dim,
-            "mid_dim": mid_dim,
-            "unfold_size": unfold_size,
-            "kernel_size": kernel_size,
-            "p": p,
-        }
-        if weights is not None:
-            self.load_weights(weights)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised images -> (B,C,h,w) SSM output."""

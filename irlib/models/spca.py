@@ -20,7 +20,8 @@ outputdim``), ``"had"`` (per-position outer product of a ``C/4`` projection and 
 ``C/4 * K * multi -> outputdim``), ``"orth"`` (DOLG-style orthogonal fusion of ``fc_t(GeM(C5))`` and the
 projected context, then a Linear ``C -> outputdim``), ``"dec"`` (cross-attention, MLP, then self-attention).
 The official ``"fur"`` names an undefined class and is rejected. The official code hard-codes ``C = 2048``;
-here ``C`` is the backbone's channel count, so any timm CNN works (ResNet-50/101 give the official layout).
+here ``C`` is the backbone's channel count, so any timm CNN works (ResNet-50/101 give the official layout), and so
+does a ViT (its final patch-token map is C5, see :func:`irlib.models.backbones.create_backbone`).
 
 Official bugs that change the model's forward (numbers of ``spca-training.md`` §7). Each has a constructor flag
 whose default is the fixed behaviour; ``OFFICIAL_OPTIONS`` sets them all to the official code's behaviour:
@@ -346,7 +347,7 @@ class SpCa(RetrievalModel):
         for name, value in (("outputdim", outputdim), ("K", K), ("local_dim", local_dim), ("multi", multi)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}.")
-        channels = self.build_backbone(backbone, pretrained, weights)
+        channels = self.build_backbone(backbone, pretrained)
         context_dim = K * multi
         self.pos_branch = SpatialContext(
             channels,
@@ -374,24 +375,6 @@ class SpCa(RetrievalModel):
                 self.fuser, fused_channels = OuterProductFuser(channels, context_dim), channels // 4 * context_dim
             self.whiten = nn.Conv2d(fused_channels, outputdim, kernel_size=1)
         self.feat_dim: int = outputdim
-        self.config: dict[str, Any] = {
-            "method": "spca",
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "outputdim": outputdim,
-            "K": K,
-            "local_dim": local_dim,
-            "multi": multi,
-            "combine": combine,
-            "num_heads": num_heads,
-            "log_gmm_params": log_gmm_params,
-            "gmm_full_log_det": gmm_full_log_det,
-            "diffusion_from_a1": diffusion_from_a1,
-            "fuser_mlp_norm": fuser_mlp_norm,
-        }
-        if weights is not None:
-            self.load_weights(weights)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay (timm convention): the log-parametrised mixture

@@ -17,6 +17,9 @@ ReLUs are ReLU+ even when ``relup`` is off (``ResBlock`` passes the truthy class
 ``model/resnet.py:149``), so ``relup=False`` is not plain CVNet. ``relup_s1_always=False`` makes them ReLU+ only
 when ``relup`` is on, as the code intends.
 
+Training (:meth:`SuperGlobal.forward_train`) is CVNet-Global's, single-scale, with the pooling switched on here
+(GeM+ keeps its fixed p, so CVNet's learnable p is frozen); SuperGlobal itself trains nothing.
+
 ``inspect(x)`` keys (all at the input scale 1.0 except ``scale_descriptors``):
     ``features`` ``(B, C, h, w)``: backbone feature map (with this model's ReLU+).
     ``descriptor`` ``(B, D)``: the multi-scale descriptor.
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +78,7 @@ def apply_relup(backbone: nn.Module, alpha: float, block_outputs: bool, s1_inner
     )
     if not blocks_ok:
         raise ValueError(
-            f"ReLU+ needs a timm ResNet backbone (layer1..layer4 of Bottleneck/BasicBlock), got "
+            f"SuperGlobal's ReLU+ needs a timm ResNet backbone (layer1..layer4 of Bottleneck/BasicBlock), got "
             f"{type(backbone).__name__}; pass relup=False, relup_s1_always=False for other backbones."
         )
     for index, stage in enumerate(stages[:3]):
@@ -92,12 +94,13 @@ def regional_gem(x: Tensor, p: float = 2.5, size: int = 5) -> Tensor:
     stride 1 (SuperGlobal ``modules/coarse_retrieval/rgem.py``); ``x`` non-negative, ``size`` odd.
 
     Same float operations as the official ``LPPool2d(ReflectionPad2d(x / size^(2/p)))``; windows that are all zero
-    give 0 with a zero (not NaN) gradient.
+    give 0 with a zero (not NaN) gradient. Negative values (a ViT's token maps) count as 0 in the local GeM, as GeM
+    clamps them (the official code would give NaN); for non-negative maps the clamp changes nothing.
     """
     pad = (size - 1) // 2
     if min(x.shape[-2:]) <= pad:
         raise ValueError(f"regional_gem with a {size}x{size} window needs maps larger than {pad}, got {tuple(x.shape)}")
-    scaled = F.pad(x / (size**2) ** (1.0 / p), (pad, pad, pad, pad), mode="reflect")
+    scaled = F.pad(x.clamp(min=0) / (size**2) ** (1.0 / p), (pad, pad, pad, pad), mode="reflect")
     summed = F.avg_pool2d(scaled.pow(p), size, stride=1).mul(size * size)
     positive = summed > 0
     local = torch.where(positive, torch.where(positive, summed, 1.0).pow(1.0 / p), 0.0)
@@ -134,7 +137,8 @@ class SuperGlobal(CVNetGlobal):
     Input order: RGB, normalised with ``data_config``; the official weights are BGR, so the ``"superglobal"`` (or
     ``"cvnet"``) converter sets ``bgr_weights = True`` and the model flips the channels before the backbone
     (per-channel, so it commutes with the in-model resize).
-    ReLU+ needs a timm ResNet backbone; for others pass ``relup=False, relup_s1_always=False``.
+    ReLU+ needs a timm ResNet backbone; for others (other CNNs, ViTs) pass ``relup=False, relup_s1_always=False``
+    (the defaults raise ValueError); Regional-GeM needs maps larger than ``(rgem_size - 1) / 2`` at every scale.
     """
 
     def __init__(
@@ -170,25 +174,8 @@ class SuperGlobal(CVNetGlobal):
         self.gemp_p, self.rgem_p, self.rgem_size = gemp_p, rgem_p, rgem_size
         if relup or relup_s1_always:
             apply_relup(self.backbone, relup_alpha, block_outputs=relup, s1_inner=relup or relup_s1_always)
-        self.config: dict[str, Any] = {
-            "method": "superglobal",
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "gemp": gemp,
-            "rgem": rgem,
-            "sgem": sgem,
-            "relup": relup,
-            "scales": list(self.scales),
-            "antialias": antialias,
-            "relup_s1_always": relup_s1_always,
-            "gemp_p": gemp_p,
-            "rgem_p": rgem_p,
-            "rgem_size": rgem_size,
-            "relup_alpha": relup_alpha,
-            "p": p,
-            "dim": dim,
-        }
+        if gemp:
+            self.pool.p.requires_grad_(False)  # frozen on purpose: GeM+ pools with its fixed p, CVNet's p is unused
 
     def pooled_map(self, features: Tensor) -> Tensor:
         """(B,C,h,w) backbone map -> (B,C,h,w) the map that is pooled (Regional-GeM output if ``rgem``)."""
@@ -213,6 +200,11 @@ class SuperGlobal(CVNetGlobal):
     def forward(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised RGB images -> (B,D) L2-normalised descriptors."""
         return F.normalize(self.combine_scales(self.per_scale_outputs(x)), dim=-1)
+
+    def forward_train(self, x: Tensor) -> dict[str, Tensor]:
+        """CVNet-Global's training pass with this model's pooling: one scale (the input's), R-GeM and GeM+ (or GeM)
+        as switched, L2, FC, L2. Scale-GeM is a test-time module; ReLU+ acts wherever it is switched on."""
+        return {"descriptor": F.normalize(self.pool_features(self.forward_features(x)), dim=-1)}
 
     def inspect(self, x: Tensor) -> dict[str, Tensor]:
         """See the module docstring for the keys and shapes."""

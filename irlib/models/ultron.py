@@ -23,6 +23,8 @@ Our choices: instead of ULTRON's own convolutional stages, a timm CNN truncated 
 ``X + BN(Conv1x1(GELU(BN(CDConv(X)))))`` follow at stride 16; a 2x2 stride-2 conv + LayerNorm merges patches to
 ``embed_dim`` at stride 32; ``depth`` pre-norm SCALA blocks (no window shift: MCK already mixes across window
 borders; MLP ratio 4, GELU) and a final LayerNorm; alpha-pooling; Linear ``embed_dim -> dim`` and L2.
+A ViT backbone (all blocks at the patch stride) is cut after block ``ceil(2 depth / 3) - 1``
+(:func:`irlib.models.backbones.local_stage_index`), whose raw patch-token map takes ``layer3``'s place.
 In CDConv one depthwise 3x3 kernel per channel is shared by the three dilations and the output is scaled by ``a_c``
 (the hard dilation choice alone would give the attention no gradient); its ECA kernel size is ECA's adaptive
 ``k(C)``. Windows shrink to the map when it is smaller than ``window_size``; otherwise the map is zero-padded to a
@@ -40,20 +42,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from irlib.models._registry import register_model
-from irlib.models.backbones import (
-    load_backbone_weights,
-    load_state_dict_strict,
-    read_state_dict,
-)
+from irlib.models.backbones import create_backbone, feature_maps, load_backbone_weights, local_stage_index
 from irlib.models.base import RetrievalModel
-from irlib.models.delg import stride16_stage_index
 from irlib.models.pooling import gem
 
 
@@ -128,14 +124,18 @@ class CDConvBlock(nn.Module):
 
 
 class MultiScaleContextKernel(nn.Module):
-    """``Conv1x1(concat(X, DW_d1(X), DW_d2(X), DW_d3(X)))`` with dilated depthwise 3x3 convs: (B,C,h,w) -> same."""
+    """``Conv1x1(concat(X, DW_d1(X), DW_d2(X), DW_d3(X)))`` with dilated depthwise 3x3 convs: (B,C,h,w) -> same.
+
+    No biases: the kernel makes the attention keys, and a constant added to every key cancels in the softmax over
+    keys, so a bias here would never receive a gradient.
+    """
 
     def __init__(self, channels: int, rates: tuple[int, ...] = (1, 2, 3)) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Conv2d(channels, channels, 3, padding=r, dilation=r, groups=channels) for r in rates
+            nn.Conv2d(channels, channels, 3, padding=r, dilation=r, groups=channels, bias=False) for r in rates
         )
-        self.fuse = nn.Conv2d(channels * (len(rates) + 1), channels, 1)
+        self.fuse = nn.Conv2d(channels * (len(rates) + 1), channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fuse(torch.cat([x] + [branch(x) for branch in self.branches], dim=1))
@@ -255,13 +255,8 @@ class ULTRON(RetrievalModel):
         gamma: float = 2.0,
     ) -> None:
         super().__init__()
-        self.build_backbone(backbone, pretrained, weights)
-        state_dict = read_state_dict(weights) if weights is not None else None
-        source = os.fspath(weights) if weights is not None else ""
-        full = state_dict is not None and any(k.startswith("backbone.") for k in state_dict)
-        if state_dict is not None and not full:
-            load_backbone_weights(self.backbone, state_dict, source)
-        self._stage3 = stride16_stage_index(self.backbone)
+        self.build_backbone(backbone, pretrained)
+        self._stage3 = local_stage_index(self.backbone)
         c3 = int(self.backbone.feature_info[self._stage3]["num_chs"])
         self.backbone.prune_intermediate_layers(indices=[self._stage3], prune_norm=True, prune_head=True)
         self.cdconv = nn.ModuleList(CDConvBlock(c3) for _ in range(cd_depth))
@@ -274,29 +269,19 @@ class ULTRON(RetrievalModel):
         self.pool = AlphaAttentionPool(embed_dim, alpha=alpha, gamma=gamma)
         self.head = nn.Linear(embed_dim, dim)
         self.feat_dim: int = dim
-        self.config: dict[str, Any] = {
-            "method": "ultron",
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "dim": dim,
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "heads": heads,
-            "window_size": window_size,
-            "mlp_ratio": mlp_ratio,
-            "cd_depth": cd_depth,
-            "alpha": alpha,
-            "gamma": gamma,
-        }
-        if full:
-            load_state_dict_strict(self, state_dict, source)
+
+    def load_backbone_state(self, state_dict: dict[str, Tensor], source: str) -> bool:
+        """A bare backbone file holds the full timm backbone: checked strictly against an unpruned copy, then its
+        layers up to the stride-16 cut are kept."""
+        full, _ = create_backbone(self.config["backbone"])
+        bgr = load_backbone_weights(full, state_dict, source)
+        kept = self.backbone.state_dict().keys()
+        self.backbone.load_state_dict({k: v for k, v in full.state_dict().items() if k in kept}, strict=True)
+        return bgr
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(B,3,H,W) -> (features (B,E,h,w), last window attention, last CDConv dilations)."""
-        (y,) = self.backbone.forward_intermediates(
-            self.to_backbone_order(x), indices=[self._stage3], intermediates_only=True
-        )
+        (y,) = feature_maps(self.backbone, self.to_backbone_order(x), [self._stage3], intermediates_only=True)
         dilation = None
         for block in self.cdconv:
             y, dilation = block(y)

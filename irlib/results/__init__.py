@@ -1,6 +1,7 @@
-"""Runs and provenance: run records (``run.json``), :func:`load_runs`, published numbers and notebook sweeps."""
+"""Runs and provenance: :func:`load_runs` over the run records (``run.json``, written through
+:mod:`irlib.provenance`), published numbers and notebook sweeps."""
 
 from irlib.results.published import published_results
-from irlib.results.runs import RUN_FILE, eval_record, load_runs, new_record, write_run
+from irlib.results.runs import load_runs
 
-__all__ = ["RUN_FILE", "eval_record", "load_runs", "new_record", "published_results", "write_run"]
+__all__ = ["load_runs", "published_results"]

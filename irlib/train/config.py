@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from irlib.losses.composite import LossTerm
+
 
 @dataclass
 class TrainConfig:
@@ -17,7 +19,10 @@ class TrainConfig:
 
     Attributes:
         method, backbone, pretrained, model_kwargs: the model (``irlib.models.create_model``).
-        loss, loss_kwargs: the loss (``irlib.losses.create_loss``).
+        loss, loss_kwargs: the run's loss (``irlib.losses.create_loss``), one term on the model's descriptor streams.
+        losses: instead of ``loss``, a composite objective: a list of weighted terms ``{name, weight, on, kwargs}``
+            (:class:`irlib.losses.LossTerm`), e.g. ArcFace plus Smooth-AP. The model's own auxiliary terms (DELG's
+            local-branch losses) are added unless named here (which re-weights them).
         dataset: ``"gldv2"`` (GLDv2-clean, or RGLDv2-clean with ``exclude``) or ``"uned"`` (UnED train split).
         data_dir: the dataset root: GLDv2 layout (``train_clean.csv`` + ``train/a/b/c/<id>.jpg``) or UnED
             (``info_files/<domain>/train.json`` + ``images/``).
@@ -26,7 +31,8 @@ class TrainConfig:
         transform, image_size: the training augmentation preset and crop size.
         global_batch: images per optimiser step over all processes and accumulation steps.
         accumulation: micro-batches per optimiser step (the loss is scaled by 1/accumulation; lr unchanged).
-        sampler: ``"shuffled"`` or ``"class_balanced"`` (``classes_per_batch`` x ``samples_per_class``).
+        sampler: ``"shuffled"``, ``"class_balanced"`` (``classes_per_batch`` x ``samples_per_class``) or ``"tuple"``
+            (CFCD's [anchor, positive, negatives] tuples, ``irlib.data.samplers.TupleSampler``).
         epochs, max_steps: length (``max_steps`` caps the optimiser steps, for demos and tests).
         lr, warmup_epochs, warmup_lr, min_lr: linear warm-up from ``warmup_lr`` to ``lr``, then cosine to ``min_lr``.
         momentum, nesterov, weight_decay, no_decay_1d: SGD; 1-D tensors and biases without weight decay.
@@ -34,6 +40,11 @@ class TrainConfig:
         grad_clip: max gradient norm, or None.
         seed, num_workers, log_every, checkpoint_every, out_dir: run plumbing.
         tensorboard: also write the logged scalars as TensorBoard events under ``out_dir/tensorboard``.
+        init_from: an earlier run's ``checkpoint.pt`` (or its folder) whose model and loss weights this run starts
+            from, strictly; optimiser, schedule and step start afresh (a second stage, e.g. CFCD's from its first).
+        hard_negatives: with ``sampler: tuple``, a file of each training image's predicted class (CFCD's
+            ``landmark_scores.txt`` format, :func:`irlib.data.samplers.read_predictions`) for hard negatives; None:
+            random negatives.
         monitor_dir, monitor_every, monitor_image_size: optional evaluation of a revisited-format set every
             ``monitor_every`` steps, logged as ``test_set_monitoring``: off by default, because tuning on
             ROxf/RPar is a known flaw of the literature (SpCa's development monitored ROxf every epoch).
@@ -45,6 +56,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "arcface"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    losses: list[dict[str, Any]] | None = None
     dataset: str = "gldv2"
     data_dir: str = ""
     exclude: str | None = None
@@ -78,18 +90,44 @@ class TrainConfig:
     monitor_dir: str | None = None
     monitor_every: int = 0
     monitor_image_size: int = 256
+    init_from: str | None = None
+    hard_negatives: str | None = None
 
     def __post_init__(self) -> None:
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.dataset not in ("gldv2", "uned"):
             raise ValueError(f"dataset must be gldv2 or uned, got {self.dataset!r}")
-        if self.sampler not in ("shuffled", "class_balanced"):
-            raise ValueError(f"sampler must be shuffled or class_balanced, got {self.sampler!r}")
+        if self.sampler not in ("shuffled", "class_balanced", "tuple"):
+            raise ValueError(f"sampler must be shuffled, class_balanced or tuple, got {self.sampler!r}")
         if self.global_batch < 1 or self.accumulation < 1 or self.global_batch % self.accumulation:
             raise ValueError(
                 f"global_batch ({self.global_batch}) must be a positive multiple of accumulation ({self.accumulation})"
             )
+        if self.losses is not None and (self.loss, self.loss_kwargs) != (_DEFAULT.loss, _DEFAULT.loss_kwargs):
+            raise ValueError(
+                f"give the objective either as loss/loss_kwargs ({self.loss!r}) or as losses (a list of terms), "
+                f"not both"
+            )
+        self.loss_terms()
+
+    def loss_terms(self) -> list[LossTerm]:
+        """The run's loss terms: ``losses``, or the single term ``loss`` with ``loss_kwargs``."""
+        if self.losses is None:
+            return [LossTerm(self.loss, kwargs=dict(self.loss_kwargs))]
+        if not isinstance(self.losses, list) or not self.losses:
+            raise ValueError(f"losses must be a non-empty list of terms {{name, weight, on, kwargs}}: {self.losses!r}")
+        return [LossTerm.from_spec(term) for term in self.losses]
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        """A copy with fields overridden; overriding either form of the objective (``loss``/``loss_kwargs`` or
+        ``losses``) replaces the other form too."""
+        _check_fields(overrides)
+        if overrides.keys() & {"loss", "loss_kwargs"} and "losses" not in overrides:
+            overrides["losses"] = None
+        if "losses" in overrides and not overrides.keys() & {"loss", "loss_kwargs"}:
+            overrides |= {"loss": _DEFAULT.loss, "loss_kwargs": dict(_DEFAULT.loss_kwargs)}
+        return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,12 +141,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training config field(s) {unknown}; valid fields: {sorted(known)}")
         if "recipe" in d:
             raise ValueError("use recipe(name, **overrides) to start from a named recipe")
+        _check_fields(d)
         return cls(**d)
 
     @classmethod
@@ -124,23 +159,72 @@ class TrainConfig:
             raise ValueError(f"{path}: {err}") from err
 
 
+def _check_fields(d: dict[str, Any]) -> None:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown training config field(s) {unknown}; valid fields: {sorted(known)}")
+
+
+_DEFAULT = TrainConfig()
+
+# Token's experiment.sh, the only concrete recipe of the SpCa lineage (spca-training.md §2.3): ArcFace with SpCa's
+# defaults (s=32, m=0.15, no easy-margin fallback), 512 px, global batch 128, 30 epochs with 5 warm-up epochs from
+# 1e-4, lr 0.01 cosine to 0, SGD Nesterov 0.9, weight decay 1e-4 except 1-D tensors and biases.
+_SPCA = TrainConfig(
+    method="spca",
+    backbone="resnet101",
+    loss="arcface",
+    loss_kwargs={"s": 32.0, "m": 0.15, "fallback": "none"},
+    transform="spca",
+    image_size=512,
+    global_batch=128,
+    epochs=30,
+    lr=0.01,
+    warmup_epochs=5,
+    warmup_lr=1e-4,
+)
+
+# CVNet-Global: training code unreleased; the paper (quoted in CVNet #10) gives 25 epochs, lr 0.005625, batch 144.
+# Chosen: those, with CurricularFace s=30, m=0.15 (recalled) and DOLG's optimiser; the momentum-contrastive term is
+# not part of this recipe.
+_CVNET = TrainConfig(
+    method="cvnet",
+    backbone="resnet50",
+    loss="curricularface",
+    loss_kwargs={"s": 30.0, "m": 0.15},
+    transform="cvnet",
+    image_size=512,
+    global_batch=144,
+    epochs=25,
+    lr=0.005625,
+    warmup_epochs=0,
+    no_decay_1d=False,
+)
+
+# CFCD stage 1 (Zhu et al., ICCV 2023), bassyess/CFCD configs/resnet{50,101}_cfcd_s1_8gpu.yaml + core/config.py:
+# MadaCos rho=0.02 (MODEL.HEADS.ALPHA); SGD lr 0.005, momentum 0.9, Nesterov, wd 1e-4 on every tensor; cosine over
+# 50 epochs after 5 warm-up epochs from 0.1 x lr; batch 128 (16 on each of 8 GPUs), 512 px; pycls augmentation
+# (random-sized crop 0.08-1, flip, PCA lighting 0.1) = the "dolg" preset. The official lr changes once per epoch
+# and its cosine spans the warm-up too; the Trainer's changes per step and starts after the warm-up.
+_CFCD = TrainConfig(
+    method="cfcd",
+    backbone="resnet50",
+    model_kwargs={"dim": 512},
+    loss="madacos",
+    loss_kwargs={"rho": 0.02},
+    transform="dolg",
+    image_size=512,
+    global_batch=128,
+    epochs=50,
+    lr=0.005,
+    warmup_epochs=5,
+    warmup_lr=0.0005,
+    no_decay_1d=False,
+)
+
 RECIPES: dict[str, TrainConfig] = {
-    # Token's experiment.sh, the only concrete recipe of the SpCa lineage (spca-training.md §2.3): ArcFace with
-    # SpCa's defaults (s=32, m=0.15, no easy-margin fallback), 512 px, global batch 128, 30 epochs with 5 warm-up
-    # epochs from 1e-4, lr 0.01 cosine to 0, SGD Nesterov 0.9, weight decay 1e-4 except 1-D tensors and biases.
-    "spca": TrainConfig(
-        method="spca",
-        backbone="resnet101",
-        loss="arcface",
-        loss_kwargs={"s": 32.0, "m": 0.15, "fallback": "none"},
-        transform="spca",
-        image_size=512,
-        global_batch=128,
-        epochs=30,
-        lr=0.01,
-        warmup_epochs=5,
-        warmup_lr=1e-4,
-    ),
+    "spca": _SPCA,
     # DOLG configs/resnet101_delg_8gpu.yaml + core/config.py (superglobal-cvnet-dolg.md §4.3): CurricularFace s=30,
     # m=0.15; SGD momentum 0.9 Nesterov, wd 1e-4 on all tensors; lr 0.01 cosine over 100 epochs, 5 warm-up epochs
     # from 0.1 x lr. The yaml says batch 64 at 224 px, but the author says the released weights used 512 px; chosen:
@@ -159,41 +243,86 @@ RECIPES: dict[str, TrainConfig] = {
         warmup_lr=0.001,
         no_decay_1d=False,
     ),
-    # CVNet-Global: training code unreleased; the paper (quoted in CVNet #10) gives 25 epochs, lr 0.005625, batch 144.
-    # Chosen: those, with CurricularFace s=30, m=0.15 (recalled) and DOLG's optimiser; the momentum-contrastive term
-    # is not part of this recipe.
-    "cvnet": TrainConfig(
-        method="cvnet",
-        backbone="resnet50",
-        loss="curricularface",
-        loss_kwargs={"s": 30.0, "m": 0.15},
-        transform="cvnet",
-        image_size=512,
-        global_batch=144,
-        epochs=25,
-        lr=0.005625,
-        warmup_epochs=0,
-        no_decay_1d=False,
+    "cvnet": _CVNET,
+    # SENet (Lee et al., CVPR 2023): sungonce/SENet is test-only and no training values were found in the repo.
+    # Chosen: the "cvnet" recipe of the same group and code base.
+    "senet": _CVNET.replace(method="senet"),
+    # SuperGlobal (Shao et al., ICCV 2023) trains nothing: its numbers use CVNet-Global's weights, and GeM+ replaces
+    # the jointly learned GeM p, which the paper finds sub-optimal, by a fixed p = 4.6. This recipe is that training:
+    # the "cvnet" recipe with GeM+ pooling, single scale, without the test-time modules (ReLU+, Regional-GeM,
+    # Scale-GeM); evaluate the result with create_model("superglobal", weights=...) defaults.
+    "superglobal": _CVNET.replace(
+        method="superglobal", model_kwargs={"relup": False, "relup_s1_always": False, "rgem": False}
     ),
-    # DELG (TF2 training of the global branch): ArcFace s=sqrt(2048)=45.25, m=0.1, margin only if theta <= pi - m.
-    # Optimiser values of the TF recipe are not in the references; chosen: SGD 0.01 cosine, batch 128, 512 px.
+    # DELG (Cao et al., ECCV 2020), tensorflow/models research/delf/delf/python/training/train.py: ArcFace
+    # s=45.25 (delg_scale_factor_init, not trained), m=0.1 (delg_arcface_margin), margin only where theta <= pi - m;
+    # the local branch (attention + autoencoder on stop-gradient block3) with attention_loss_weight=1.0 and
+    # reconstruction_loss_weight=10.0; SGD momentum 0.9 without Nesterov, lr 0.01, gradient norm clipped at 10.
+    # Chosen: global batch 256 with lr 0.01 (the DELF README's 8-GPU setting; train.py's default batch is 32), 512
+    # px (the paper's, recalled; train.py defaults to 321), 25 epochs with cosine decay to 0 (train.py decays
+    # linearly over 500k steps, a schedule the Trainer does not have).
     "delg": TrainConfig(
         method="delg",
         backbone="resnet50",
-        loss="arcface",
-        loss_kwargs={"s": 45.25, "m": 0.1, "fallback": "none"},
+        model_kwargs={"local_branch": True},
+        losses=[
+            {"name": "arcface", "kwargs": {"s": 45.25, "m": 0.1, "fallback": "none"}},
+            {"name": "delg_attention", "weight": 1.0},
+            {"name": "delg_reconstruction", "weight": 10.0},
+        ],
         transform="delg",
         image_size=512,
-        global_batch=128,
+        global_batch=256,
         epochs=25,
         lr=0.01,
         warmup_epochs=0,
+        nesterov=False,
+        grad_clip=10.0,
+    ),
+    "cfcd": _CFCD,
+    # CFCD stage 2 (configs/resnet{50,101}_cfcd_s2_8gpu.yaml): the same model with the local triplet loss (margin
+    # 0.1, weight 1: the config's LAMDA 0.05 is never applied, irlib.models.cfcd.PAPER_LAMBDA), batches of
+    # [anchor, positive, 6 negatives] tuples (hard negatives from stage-1 predictions: hard_negatives=FILE), 50
+    # epochs without warm-up, starting from stage 1's model and MadaCos head: set init_from to the stage-1 run.
+    "cfcd_s2": _CFCD.replace(
+        model_kwargs={"dim": 512, "local_loss": True}, sampler="tuple", warmup_epochs=0, pretrained=False
+    ),
+    # ULTRON (Kweon & Park, ACCV 2024) has no official code; values from an unofficial re-implementation
+    # (methods.md §8, [3rd]): GLDv2-clean, 512 x 512, batch 128, MadaCos rho = 0.04, SGD lr 0.01 momentum 0.9 wd 1e-4
+    # cosine, about 40 epochs after a warm-up of 5 (or 10) epochs done with AdamW at 1e-3. Chosen: 40 epochs, SGD
+    # throughout with a 5-epoch linear warm-up from 1e-3 (the Trainer has no optimiser switch), pycls augmentation.
+    "ultron": TrainConfig(
+        method="ultron",
+        backbone="resnet50",
+        loss="madacos",
+        loss_kwargs={"rho": 0.04},
+        transform="dolg",
+        image_size=512,
+        global_batch=128,
+        epochs=40,
+        lr=0.01,
+        warmup_epochs=5,
+        warmup_lr=1e-3,
+        nesterov=False,
+    ),
+    # BatchFormer (Hou et al., CVPR 2022, zhihou7/BatchFormer): one TransformerEncoderLayer (4 heads, FFN = D,
+    # dropout 0.5) over the batch, the classifier shared by cat([pre, post]) with the labels repeated, skipped at
+    # test. It has no retrieval recipe; chosen: on GeM with a 2048-d FC whitening (ResNet-50), with the "spca"
+    # recipe's loss and optimiser (Token's experiment.sh), so a row differs from its GeM baseline only by BatchFormer.
+    "batchformer": _SPCA.replace(
+        method="batchformer", backbone="resnet50", model_kwargs={"base": "gem", "whitening": 2048}
+    ),
+    # The Batch Transformer (Her et al., IEEE Access 2025; irlib.models.batch_transformer for the adaptation): the
+    # run's loss on the per-image descriptor (lambda = 1, the paper's lambda not retrieved), BT and CBA through one
+    # head. Chosen like "batchformer".
+    "batch_transformer": _SPCA.replace(
+        method="batch_transformer", backbone="resnet50", model_kwargs={"base": "gem", "whitening": 2048}
     ),
 }
 
 
 def recipe(name: str, **overrides: Any) -> TrainConfig:
-    """A named recipe with fields overridden, e.g. ``recipe("spca", data_dir="...", epochs=1)``."""
+    """A named recipe with fields overridden (:meth:`TrainConfig.replace`), e.g. ``recipe("spca", epochs=1)``."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
-    return dataclasses.replace(RECIPES[name], **overrides)
+    return RECIPES[name].replace(**overrides)

@@ -17,9 +17,8 @@ import math
 import os
 import random
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from irlib.eval.revisited import PROTOCOLS
 from irlib.io import atomic_path
-from irlib.models.base import to_channels_last
+from irlib.losses.composite import DESCRIPTOR, CompositeLoss, merge_terms
+from irlib.models.base import RetrievalModel, to_channels_last
 from irlib.models.checkpoints import save_checkpoint
+from irlib.provenance import git_commit
 from irlib.train.config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -80,38 +80,57 @@ def param_groups(modules: list[nn.Module], weight_decay: float, no_decay_1d: boo
 
 
 class Objective(nn.Module):
-    """``(images, labels) -> loss``: model and loss as one module, so DDP synchronises the gradients of both
-    (a margin head's class weights included)."""
+    """``(images, labels) -> (loss, term values, descriptors)``: the model's training pass and the composite loss
+    as one module, so DDP synchronises the gradients of both (a margin head's class weights included)."""
 
-    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+    def __init__(self, model: RetrievalModel, loss: CompositeLoss) -> None:
         super().__init__()
         self.model, self.loss = model, loss
 
-    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """The loss and the ``(B, D)`` descriptors it was computed from."""
-        embeddings = self.model(images)
-        return self.loss(embeddings, labels), embeddings
+    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """The weighted total, each term's value and the ``(B, D)`` descriptors of the per-image path."""
+        outputs = self.model.forward_train(images)
+        total, terms = self.loss(outputs, labels)
+        return total, terms, outputs[DESCRIPTOR]
 
 
-def git_commit() -> dict[str, Any]:
-    """The commit of the code that runs and whether the tree had uncommitted changes."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, check=True)
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+def build_objective(cfg: TrainConfig, model: RetrievalModel, num_classes: int) -> CompositeLoss:
+    """The run's loss terms plus the model's own (:func:`irlib.losses.merge_terms`) on the model's training
+    outputs, heads sized by the outputs they read."""
+    return CompositeLoss(
+        merge_terms(cfg.loss_terms(), model.loss_terms()),
+        output_dims=model.output_dims(),
+        num_classes=num_classes,
+        streams=model.descriptor_streams(),
+    )
+
+
+def params_without_gradient(modules: dict[str, nn.Module]) -> list[str]:
+    """Names (``"model.x.weight"``) of trainable parameters whose ``.grad`` is None after a backward pass."""
+    return [
+        f"{prefix}.{name}"
+        for prefix, module in modules.items()
+        for name, p in module.named_parameters()
+        if p.requires_grad and p.grad is None
+    ]
 
 
 class Trainer:
     """Runs ``cfg`` on a dataset with ``labels``/``num_classes`` items ``(image, label)``.
 
+    Every model is driven through its training interface (:meth:`RetrievalModel.forward_train` and the loss terms it
+    declares), never through a per-method branch. At the first step a trainable parameter that received no
+    gradient stops the run: a part no loss trains must be frozen on purpose in the model.
+
     Args:
         cfg: the run configuration; ``cfg.out_dir`` receives ``config.yaml``, ``metrics.jsonl``, ``checkpoint.pt``.
         dataset: the training set (``irlib.data.train_set.TrainSet`` or any dataset with ``num_classes``).
         model: the model (default: built from ``cfg``).
-        loss: the loss (default: built from ``cfg`` with the model's descriptor size and the dataset's classes).
+        loss: the objective (default: :func:`build_objective` from ``cfg``, the model and the dataset's classes); a
+            plain loss module ``loss(descriptors, labels)`` is one term on the model's descriptor streams.
+        monitor: called every ``cfg.monitor_every`` steps on rank 0 with the model, e.g. an evaluation (the
+            callback keeps the evaluation layer out of the engine; :func:`irlib.train.run.revisited_monitor`);
+            its ``{name: value}`` is logged as ``test_set_monitoring``.
     """
 
     def __init__(
@@ -119,38 +138,47 @@ class Trainer:
         cfg: TrainConfig,
         dataset: Dataset,
         *,
-        model: nn.Module | None = None,
+        model: RetrievalModel | None = None,
         loss: nn.Module | None = None,
+        monitor: Callable[[RetrievalModel], Mapping[str, float]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
-        self.world, self.rank = _world()
+        self.world_size, self.process_rank = _world()
         self.device = (
             torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             if torch.cuda.is_available()
             else (torch.device("cpu"))
         )
         per_step = cfg.global_batch // cfg.accumulation
-        if per_step % self.world:
-            raise ValueError(f"global_batch / accumulation = {per_step} is not divisible by {self.world} processes")
-        self.micro_batch = per_step // self.world
+        if per_step % self.world_size:
+            raise ValueError(
+                f"global_batch / accumulation = {per_step} is not divisible by {self.world_size} processes"
+            )
+        self.micro_batch = per_step // self.world_size
         torch.manual_seed(cfg.seed)
         if model is None:
             from irlib.models import create_model
 
             model = create_model(cfg.method, backbone=cfg.backbone, pretrained=cfg.pretrained, **cfg.model_kwargs)
         if loss is None:
-            from irlib.losses import create_loss
-
-            loss = create_loss(
-                cfg.loss, embedding_dim=model.feat_dim, num_classes=dataset.num_classes, **cfg.loss_kwargs
+            loss = build_objective(cfg, model, dataset.num_classes)
+        elif not isinstance(loss, CompositeLoss):
+            loss = CompositeLoss.wrap(loss, model.descriptor_streams())
+        if loss.needs_positives and cfg.sampler != "class_balanced":
+            raise ValueError(
+                f"loss term(s) {loss.needs_positives} compare images of one class within the batch, which a shuffled "
+                f"batch of many classes rarely holds: set sampler: class_balanced (classes_per_batch x "
+                f"samples_per_class images per process)"
             )
-        self.model, self.loss = model, loss
+        if cfg.monitor_every and monitor is None:
+            raise ValueError("monitor_every is set but no monitor callback was given (irlib.train.run builds one)")
+        self.model, self.loss, self.monitor = model, loss, monitor
         self.model.to(self.device)
         self.loss.to(self.device)
         self.channels_last = cfg.channels_last and to_channels_last(self.model)
         self.objective: nn.Module = Objective(self.model, self.loss)
-        if self.world > 1:
+        if self.world_size > 1:
             if self.device.type == "cuda":  # SyncBatchNorm needs GPU tensors; on CPU (gloo) BN stays per process
                 self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
                 self.model, self.loss = self.objective.model, self.objective.loss
@@ -173,21 +201,62 @@ class Trainer:
         self.step = 0
         self._stop = False
         self._tensorboard = None
-        if cfg.tensorboard and self.rank == 0:
+        if cfg.tensorboard and self.process_rank == 0:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
                 raise RuntimeError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
             self._tensorboard = SummaryWriter(str(self.out / "tensorboard"))
         self._top1: float | None = None
+        self._gradients_checked = False
 
     def _make_sampler(self, dataset: Dataset) -> Any:
-        """Per-process sampler with a new order every epoch from ``(seed, epoch)``, disjoint across processes."""
-        from irlib.data.samplers import ClassBalancedSampler, ShuffledSampler
+        """Per-process sampler with a new order every epoch from ``(seed, epoch)``, disjoint across processes.
+
+        ``tuple``: CFCD's tuples (:class:`irlib.data.samplers.TupleSampler`) of the ``tuple_size`` that the
+        objective's tuple loss terms declare (default ``TUPLE_SIZE`` = 8), with hard negatives from
+        ``cfg.hard_negatives`` (a predictions file, :func:`irlib.data.samplers.read_predictions`). A tuple loss term
+        with another sampler is refused.
+        """
+        from irlib.data.samplers import (
+            TUPLE_SIZE,
+            ClassBalancedSampler,
+            ShuffledSampler,
+            TupleSampler,
+            read_predictions,
+        )
 
         cfg = self.cfg
+        tuple_terms = {key: m.tuple_size for key, m in self.loss.terms.items() if hasattr(m, "tuple_size")}
+        if tuple_terms and cfg.sampler != "tuple":
+            raise ValueError(
+                f"loss term(s) {sorted(tuple_terms)} read batches of [anchor, positive, negatives] tuples: set "
+                f"sampler: tuple"
+            )
+        if cfg.sampler == "tuple":
+            sizes = set(tuple_terms.values()) or {TUPLE_SIZE}
+            if len(sizes) > 1:
+                raise ValueError(f"loss terms disagree on the tuple size: {tuple_terms}")
+            (size,) = sizes
+            if self.micro_batch % size:
+                raise ValueError(
+                    f"tuple: each process's micro-batch ({self.micro_batch}) must be a multiple of the tuple size "
+                    f"({size}); set global_batch to a multiple of {size} x processes x accumulation"
+                )
+            return TupleSampler(
+                dataset.labels,
+                tuple_size=size,
+                predictions=(
+                    read_predictions(cfg.hard_negatives, dataset.paths, dataset.labels) if cfg.hard_negatives else None
+                ),
+                seed=cfg.seed,
+                num_replicas=self.world_size,
+                rank=self.process_rank,
+            )
         if cfg.sampler == "shuffled":
-            return ShuffledSampler(len(dataset), seed=cfg.seed, num_replicas=self.world, rank=self.rank, drop_last=True)
+            return ShuffledSampler(
+                len(dataset), seed=cfg.seed, num_replicas=self.world_size, rank=self.process_rank, drop_last=True
+            )
         pk = cfg.classes_per_batch * cfg.samples_per_class
         if self.micro_batch != pk:
             raise ValueError(
@@ -199,8 +268,8 @@ class Trainer:
             classes_per_batch=cfg.classes_per_batch,
             samples_per_class=cfg.samples_per_class,
             seed=cfg.seed,
-            num_replicas=self.world,
-            rank=self.rank,
+            num_replicas=self.world_size,
+            rank=self.process_rank,
         )
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -219,24 +288,22 @@ class Trainer:
             },
             "config": self.cfg.to_dict(),
             "git": git_commit(),
-            "bgr_weights": bool(getattr(self.model, "bgr_weights", False)),
+            "bgr_weights": self.model.bgr_weights,
         }
 
     def save(self) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0 only); the previous one survives a crash during the write."""
         path = self.out / CHECKPOINT
-        if self.rank == 0:
+        if self.process_rank == 0:
             with atomic_path(path) as tmp:
                 torch.save(self.state_dict(), tmp)
-        if self.world > 1:
+        if self.world_size > 1:
             torch.distributed.barrier()
         return path
 
     def load(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint written by :meth:`save` (strictly: every tensor must match)."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"], strict=True)
-        self.loss.load_state_dict(state["loss"], strict=True)
+        state = self._load_weights(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -244,6 +311,13 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self.model.bgr_weights = state.get("bgr_weights", False)
+
+    def _load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Read a checkpoint written by :meth:`save` and load its model and loss states strictly; returns it."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"], strict=True)
+        self.loss.load_state_dict(_composite_loss_state(state["loss"], self.loss), strict=True)
+        return state
 
     # --- loop ----------------------------------------------------------------------------------------------------
 
@@ -284,23 +358,27 @@ class Trainer:
             raise FileExistsError(
                 f"{self.out / CHECKPOINT} exists: resume it (--resume), overwrite it (--force) or use another out_dir"
             )
-        elif self.rank == 0:
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        if self.rank == 0:
+        else:
+            if self.cfg.init_from:
+                source = Path(self.cfg.init_from)
+                self._load_weights(source / CHECKPOINT if source.is_dir() else source)
+            if self.process_rank == 0:
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if self.process_rank == 0:
             self.cfg.to_yaml(self.out / "config.yaml")
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.model.train()
         self.loss.train()
         last: dict[str, Any] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=self.process_rank != 0)
         t0, seen = time.perf_counter(), 0
         try:
             for epoch, group in self._batches():
                 if self.step >= self.total_steps or self._stopping():
                     break
-                loss_value, grad_norm = self._optimiser_step(group)
+                loss_value, term_values, grad_norm = self._optimiser_step(group)
                 self.step += 1
-                seen += sum(len(y) for _, y in group) * self.world
+                seen += sum(len(y) for _, y in group) * self.world_size
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - t0
@@ -308,6 +386,7 @@ class Trainer:
                         "step": self.step,
                         "epoch": epoch,
                         "loss": loss_value,
+                        "losses": term_values,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "grad_norm": grad_norm,
                         "top1": self._top1,
@@ -322,16 +401,19 @@ class Trainer:
         finally:
             bar.close()
             signal.signal(signal.SIGTERM, previous)
-        if self.rank == 0 and self.step >= self.total_steps:
+        if self.process_rank == 0 and self.step >= self.total_steps:
             save_checkpoint(self.model, self.out / MODEL)  # descriptor model only, without the loss head
         return last | {"preempted": self._stop and self.step < self.total_steps}
 
-    def _optimiser_step(self, group: list[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    def _optimiser_step(self, group: list[tuple[Tensor, Tensor]]) -> tuple[float, dict[str, float], float]:
+        """One optimiser step over the micro-batches of ``group``: (loss, unweighted term values, gradient norm),
+        loss and terms averaged over the global batch."""
         lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        total, correct, count = 0.0, 0, 0
+        keys = list(self.loss.terms)
+        sums = torch.zeros(3 + len(keys), dtype=torch.float64)  # loss, top-1 hits, images, then each term
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
         for k, (images, labels) in enumerate(group):
             images = images.to(self.device, non_blocking=True)
@@ -340,10 +422,10 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             last = k == len(group) - 1
             # DDP averages gradients only on the last micro-batch of the step
-            sync = self.objective.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+            sync = self.objective.no_sync() if self.world_size > 1 and not last else contextlib.nullcontext()
             with sync:
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, embeddings = self.objective(images, labels)
+                    loss, terms, descriptors = self.objective(images, labels)
                     loss = loss / self.cfg.accumulation
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -351,15 +433,16 @@ class Trainer:
                         f"checkpoint is {self.out / CHECKPOINT}"
                     )
                 self.scaler.scale(loss).backward()
-            total += loss.item()
-            correct += self._correct(embeddings.detach(), labels)
-            count += len(labels)
-        stats = torch.tensor([total, correct, count], dtype=torch.float64, device=self.device)
-        if self.world > 1:  # the loss and accuracy of the global batch
+            values = [loss.item(), self._correct(descriptors.detach(), labels), len(labels)]
+            sums += torch.tensor(values + [terms[key].item() / self.cfg.accumulation for key in keys])
+        if not self._gradients_checked:
+            self._check_gradients()
+        stats = sums.to(self.device)
+        if self.world_size > 1:  # the loss, terms and accuracy of the global batch
             torch.distributed.all_reduce(stats)
-            stats[0] /= self.world
-        self._top1 = (stats[1] / stats[2]).item() if hasattr(self.loss, "cosine") else None
-        total = stats[0].item()
+            stats[0] /= self.world_size
+            stats[3:] /= self.world_size
+        self._top1 = (stats[1] / stats[2]).item() if self.loss.descriptor_head() is not None else None
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
@@ -371,32 +454,39 @@ class Trainer:
             )
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return total, grad_norm
+        return stats[0].item(), dict(zip(keys, stats[3:].tolist(), strict=True)), grad_norm
 
-    def _correct(self, embeddings: Tensor, labels: Tensor) -> int:
-        """Top-1 hits of the un-margined cosine logits (SpCa reports margin-penalised ones); 0 without a head."""
-        if not hasattr(self.loss, "cosine"):
+    def _check_gradients(self) -> None:
+        """After the first backward pass: every trainable parameter must have received a gradient."""
+        missing = params_without_gradient({"model": self.model, "loss": self.loss})
+        if missing:
+            raise ValueError(
+                f"{len(missing)} trainable parameter(s) received no gradient from the objective "
+                f"{list(self.loss.terms)}: {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}. Add a "
+                f"loss term on the output that trains them (TrainConfig.losses) or freeze them in the model "
+                f"(requires_grad=False, on purpose)"
+            )
+        self._gradients_checked = True
+
+    def _correct(self, descriptors: Tensor, labels: Tensor) -> int:
+        """Top-1 hits of the un-margined cosine logits of the descriptor head (SpCa reports margin-penalised ones);
+        0 without such a head."""
+        head = self.loss.descriptor_head()
+        if head is None:
             return 0
         with torch.no_grad():
-            return int((self.loss.cosine(embeddings.float()).argmax(dim=1) == labels).sum())
+            return int((head.cosine(descriptors.float()).argmax(dim=1) == labels).sum())
 
     def _monitor(self) -> None:
-        """Evaluate ``cfg.monitor_dir`` (rank 0) and log E/M/H mAP under ``test_set_monitoring``."""
-        if self.rank == 0 and self.cfg.monitor_dir:
-            from irlib.data.revisited import RevisitedDataset
-            from irlib.eval.extract import ExtractConfig
-            from irlib.eval.pipeline import evaluate_model
-
-            dataset = RevisitedDataset.from_dir(self.cfg.monitor_dir)
-            cfg = ExtractConfig(image_size=self.cfg.monitor_image_size, scales=(1.0,), device=str(self.device))
-            metrics = evaluate_model(self.model, dataset, cfg, progress=False).metrics
-            self._log({"step": self.step, "test_set_monitoring": {p: metrics[p]["map"] for p in PROTOCOLS}})
+        """Call the ``monitor`` callback on the model (rank 0) and log what it returns under ``test_set_monitoring``."""
+        if self.process_rank == 0 and self.monitor is not None:
+            self._log({"step": self.step, "test_set_monitoring": dict(self.monitor(self.model))})
             self.model.train()
-        if self.world > 1:
+        if self.world_size > 1:
             torch.distributed.barrier()
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.rank != 0:
+        if self.process_rank != 0:
             return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -412,12 +502,21 @@ class Trainer:
 
     def _stopping(self) -> bool:
         """Whether any process was asked to stop (all processes then stop at the same step)."""
-        if self.world == 1:
+        if self.world_size == 1:
             return self._stop
         flag = torch.tensor([int(self._stop)], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         self._stop = bool(flag.item())
         return self._stop
+
+
+def _composite_loss_state(state: dict[str, Tensor], loss: CompositeLoss) -> dict[str, Tensor]:
+    """A checkpoint's loss state for ``loss``; checkpoints written before composite objectives hold the single
+    loss's own keys (``weight``), which become its term's (``terms.arcface.weight``)."""
+    if len(loss.terms) == 1 and state and not any(k.startswith("terms.") for k in state):
+        (key,) = loss.terms
+        return {f"terms.{key}.{k}": v for k, v in state.items()}
+    return state
 
 
 def _world() -> tuple[int, int]:

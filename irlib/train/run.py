@@ -6,14 +6,15 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from irlib.io import sha256_file
-from irlib.results.runs import new_record, write_run
+from irlib.models.base import RetrievalModel
+from irlib.provenance import new_record, write_run
 from irlib.train.config import TrainConfig
 from irlib.train.engine import MODEL, Trainer
 
@@ -38,6 +39,37 @@ def _split_checksums(paths: Sequence[Path]) -> dict[str, Any]:
     }
 
 
+def training_dataset(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
+    """``(registry name, root, loader arguments)`` of the config's training split for
+    :func:`irlib.data.registry.load_dataset`: GLDv2-clean, RGLDv2-clean with ``exclude``, or UnED's train split."""
+    if cfg.dataset == "uned":
+        return "uned", cfg.data_dir, {"domains": cfg.domains, "split": "train"}
+    if cfg.exclude:
+        return "rgldv2-clean", cfg.data_dir, {"exclude_file": cfg.exclude}
+    return "gldv2-clean", cfg.data_dir, {}
+
+
+def revisited_monitor(cfg: TrainConfig) -> Callable[[RetrievalModel], dict[str, float]]:
+    """The Trainer's test-set monitoring callback: E/M/H mAP of ``cfg.monitor_dir`` (a revisited-format folder) at
+    ``cfg.monitor_image_size``, single scale, on the model's device."""
+    from irlib.data.registry import load_dataset
+    from irlib.eval.extract import ExtractConfig
+    from irlib.eval.pipeline import evaluate_model
+    from irlib.eval.revisited import PROTOCOLS
+
+    if not cfg.monitor_dir:
+        raise ValueError("monitor_every needs monitor_dir (a revisited-format folder to evaluate)")
+    dataset = load_dataset("revisited", cfg.monitor_dir)
+
+    def monitor(model: RetrievalModel) -> dict[str, float]:
+        device = str(next(model.parameters()).device)
+        extract = ExtractConfig(image_size=cfg.monitor_image_size, scales=(1.0,), device=device)
+        metrics = evaluate_model(model, dataset, extract, progress=False).metrics
+        return {p: metrics[p]["map"] for p in PROTOCOLS}
+
+    return monitor
+
+
 def init_distributed() -> bool:
     """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
@@ -56,9 +88,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     Rank 0 writes the run record ``run.json`` (:mod:`irlib.results`) at the end; its ``dataset`` holds the
     checksums of the split's files (:func:`_split_checksums`; ``gnd_sha256``, the test ground truth's, is None).
     """
-    from irlib.data.gldv2 import gldv2_train
+    from irlib.data.registry import load_dataset
     from irlib.data.transforms import train_transform
-    from irlib.data.uned import uned_split
     from irlib.models import create_model
 
     if not cfg.data_dir:
@@ -73,13 +104,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         mean, std = model.data_config["mean"], model.data_config["std"]
         transform = train_transform(cfg.transform, cfg.image_size, mean=mean, std=std)
         label_map = labels if resume and labels.is_file() else None
-        if cfg.dataset == "uned":
-            dataset = uned_split(cfg.data_dir, cfg.domains, "train", transform, label_map=label_map)
-        else:
-            dataset = gldv2_train(cfg.data_dir, exclude=cfg.exclude, transform=transform, label_map=label_map)
+        name, root, kwargs = training_dataset(cfg)
+        dataset = load_dataset(name, root, transform=transform, label_map=label_map, **kwargs)
         if int(os.environ.get("RANK", "0")) == 0:
             dataset.save_label_map(labels)
-        result = Trainer(cfg, dataset, model=model).fit(resume=resume, overwrite=overwrite)
+        monitor = revisited_monitor(cfg) if cfg.monitor_every else None
+        result = Trainer(cfg, dataset, model=model, monitor=monitor).fit(resume=resume, overwrite=overwrite)
         if int(os.environ.get("RANK", "0")) == 0:
             weights = out / MODEL
             record = new_record(

@@ -3,8 +3,7 @@ norms), overlays on the image and side-by-side panels for several methods on the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,10 +14,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
+from irlib.models.backbones import is_vit_backbone, patch_grid
+from irlib.models.base import RetrievalModel, frozen_eval, last_feature_layer
+from irlib.models.gem import GeMNet
+
 __all__ = ["activation_map", "default_layer", "grad_cam", "overlay", "plot_attention", "preprocess"]
 
 
-def preprocess(model: nn.Module, image: Image.Image, size: int = 224) -> Tensor:
+def preprocess(model: RetrievalModel, image: Image.Image, size: int = 224) -> Tensor:
     """``(1, 3, H, W)`` input: ``image`` resized so its longer side is ``size`` and normalised with the model's
     ``data_config`` mean/std (RGB, [0, 1] pixels)."""
     img = image.convert("RGB")
@@ -41,53 +44,38 @@ def _unit(m: Tensor) -> np.ndarray:
     return ((m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)).numpy()
 
 
-@contextmanager
-def _frozen_eval(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode with parameters not requiring grad inside the block; both restored after."""
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def _backbone(model: nn.Module) -> nn.Module:
-    """The model's first submodule named ``backbone`` (wrappers included, e.g. BatchFormer's ``model.backbone``),
-    or the model itself when it has none."""
-    return next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "backbone"), model)
-
-
 def default_layer(model: nn.Module, x: Tensor) -> nn.Module:
-    """Grad-CAM's default layer: the last module inside the model's backbone (see :func:`_backbone`) to output a
-    4-D ``(B, C, h, w)`` tensor in an eval-mode forward of ``x``, i.e. the backbone's final feature map: the same
-    place for every method of the zoo, however it calls its backbone (``forward_features``, stage by stage as DOLG,
-    ``forward_intermediates`` as Ultron, once per scale as SuperGlobal)."""
-    fired: list[nn.Module] = []
+    """Grad-CAM's default layer: the backbone's final feature map (:func:`irlib.models.base.last_feature_layer`),
+    the same place for every method of the zoo, however it calls its backbone.
 
-    def note(module: nn.Module, _inputs: object, out: object) -> None:
-        if isinstance(out, Tensor) and out.ndim == 4:
-            fired.append(module)
-
-    handles = [m.register_forward_hook(note) for m in _backbone(model).modules()]
+    For a ViT backbone that is the module whose output is the final patch-token map ``(B, C, h, w)``: the backbone
+    itself, or its ``token_map`` (or ``intermediate_map``, for ULTRON cut at an intermediate block) when the method
+    calls timm's ``forward_intermediates``. Exception: a GeM model with ``pooling="cls"`` pools the class token,
+    which the final patch tokens do not feed; its layer is ``backbone.blocks[-1].norm1``, the last block's normalised
+    input tokens ``(B, P + h*w, C)`` (the usual ViT Grad-CAM layer), which :func:`grad_cam` reshapes to the grid."""
+    cls_model = next((m for m in model.modules() if isinstance(m, GeMNet) and m.pooling == "cls"), None)
+    if cls_model is not None:
+        return cls_model.backbone.blocks[-1].norm1
     try:
-        with _frozen_eval(model), torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not fired:
-        raise ValueError(f"no module of {type(model).__name__}'s backbone outputs a (B, C, h, w) map: pass layer=")
-    return fired[-1]
+        return last_feature_layer(model, x)[0]
+    except ValueError as err:
+        raise ValueError(f"{err}: pass layer=") from err
+
+
+def _as_map(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+    """A layer's output (or its gradient) as ``(B, C, h, w)``: maps unchanged; the ``(B, P + h*w, C)`` tokens of the
+    model's ViT backbone without the P prefix tokens, on the patch grid of ``x``."""
+    if t.ndim != 3:
+        return t
+    vit = next((m for m in model.modules() if is_vit_backbone(m)), None)
+    if vit is None:
+        raise ValueError(f"the layer outputs {tuple(t.shape)} tokens but {type(model).__name__} has no ViT backbone")
+    h, w = patch_grid(vit, x)
+    return t[:, vit.num_prefix_tokens :].transpose(1, 2).reshape(t.shape[0], -1, h, w)
 
 
 def grad_cam(
-    model: nn.Module, x: Tensor, *, target: Tensor | None = None, layer: nn.Module | None = None
+    model: RetrievalModel, x: Tensor, *, target: Tensor | None = None, layer: nn.Module | None = None
 ) -> np.ndarray:
     """Grad-CAM (Selvaraju et al., ICCV 2017) of a descriptor for one image ``x`` ``(1, 3, H, W)`` -> ``(H, W)``.
 
@@ -96,11 +84,13 @@ def grad_cam(
     under L2 normalisation, so the default target is the detached difference between the image's descriptor and
     that of a blank (mean-colour, all-zero input) image: what sets this image apart from an empty one.
     Gradients are taken at the output of ``layer`` (default: :func:`default_layer`); when the layer runs several
-    times in one forward (a multi-scale model), the maps of all its passes are upsampled and summed. The model's
+    times in one forward (a multi-scale model), the maps of all its passes are upsampled and summed. A layer may
+    output ``(B, C, h, w)`` maps or, inside a ViT backbone, ``(B, P + h*w, C)`` tokens (e.g. ``blocks[-1].norm1``;
+    the prefix tokens are dropped and the patch tokens put on the grid of ``x``). The model's
     train/eval mode and parameters' ``requires_grad`` are restored afterwards.
     """
     captured: list[Tensor] = []
-    with _frozen_eval(model):
+    with frozen_eval(model):
         if target is None:
             with torch.no_grad():
                 target = model(x)[0] - model(torch.zeros_like(x))[0]
@@ -116,20 +106,24 @@ def grad_cam(
         linked = [c for c in captured if c.requires_grad]  # the passes that depend on the image
         grads = torch.autograd.grad(explained, linked, allow_unused=True) if linked else ()
     size = tuple(x.shape[-2:])
-    cams = [
-        _upsample(F.relu((g[0].mean(dim=(-2, -1))[:, None, None] * a.detach()[0]).sum(0)), size)  # (C,) . (C, h, w)
+    pairs = [
+        (_as_map(model, x, a.detach()), _as_map(model, x, g))
         for a, g in zip(linked, grads, strict=True)
         if g is not None
+    ]
+    cams = [
+        _upsample(F.relu((g[0].mean(dim=(-2, -1))[:, None, None] * a[0]).sum(0)), size)  # (C,) . (C, h, w)
+        for a, g in pairs
     ]
     if not cams:
         raise ValueError(f"layer {type(layer).__name__}: its output does not link the image to the descriptor")
     return _unit(torch.stack(cams).sum(0))
 
 
-def activation_map(model: nn.Module, x: Tensor, key: str | None = None) -> np.ndarray:
+def activation_map(model: RetrievalModel, x: Tensor, key: str | None = None) -> np.ndarray:
     """``(H, W)`` map in [0, 1] for one image ``x`` ``(1, 3, H, W)`` from ``model.inspect``: the method's own map
     ``key`` (``(1, h, w)``, or ``(1, K, h, w)`` summed over K), by default the L2 norm of ``features`` per position."""
-    with _frozen_eval(model), torch.no_grad():
+    with frozen_eval(model), torch.no_grad():
         maps = model.inspect(x)
     if key is None:
         m = maps["features"][0].float().norm(dim=0)

@@ -17,7 +17,6 @@ from irlib.data.gldv2 import gldv2_train, read_exclusion_file, rgldv2_clean
 from irlib.data.overlap import (
     OverlapCandidate,
     candidates_frame,
-    find_overlaps,
     precision_recall,
     precision_recall_curve,
     sample_class_images,
@@ -28,6 +27,7 @@ from irlib.data.overlap import (
 from irlib.data.revisited import RevisitedDataset
 from irlib.data.synthetic import DemoConfig, make_demo_data
 from irlib.eval.extract import ExtractConfig
+from irlib.eval.overlap import find_overlaps
 from irlib.models import create_model
 from irlib.viz.review import OverlapReviewer
 

@@ -33,7 +33,7 @@ def test_names_kinds_and_unknown_name():
     assert list_datasets(kind="train") == ["demo-train", "gldv2", "gldv2-clean", "rgldv2-clean", "uned"]
     assert list_datasets("r*") == ["revisited", "revisitop1m", "rgldv2-clean", "roxford5k", "rparis6k"]
     assert "gnd_roxford5k.pkl" in dataset_entry("roxford5k").description
-    with pytest.raises(ValueError, match="unknown dataset 'oxford'; known: demo, demo-train"):
+    with pytest.raises(ValueError, match="Unknown dataset 'oxford'. Available datasets: demo, demo-train"):
         load_dataset("oxford", ".")
 
 
@@ -45,7 +45,7 @@ def test_revisited_sets_and_distractors_from_a_download_root(tmp_path):
     plain = load_dataset("roxford5k", tmp_path)
     assert isinstance(plain, RevisitedDataset) and (plain.n_db, plain.n_queries) == (4993, 70)
     both = load_dataset("roxford5k", tmp_path, distractors=tmp_path / "revisitop1m")
-    assert both.n_db == 4993 + 5 and both.label == plain.label + "+1m"
+    assert both.n_db == 4993 + 5 and both.label == plain.label + "+r1m"
     assert isinstance(load_dataset("revisitop1m", tmp_path), Distractors)
     assert load_dataset("revisited", tmp_path / "roxford5k").name == "roxford5k"
 

@@ -155,7 +155,7 @@ def test_distractors_extend_the_database_and_stay_negatives(tiny_revisited, tmp_
     base = RevisitedDataset.from_dir(tiny_revisited)
     distractors = Distractors.from_list(_distractor_root(tmp_path, 3))
     ds = base.with_distractors(distractors)
-    assert (ds.label, ds.n_db, ds.gnd) == ("tiny+1m", base.n_db + 3, base.gnd)
+    assert (ds.label, ds.n_db, ds.gnd) == ("tiny+r1m", base.n_db + 3, base.gnd)
     assert ds.db_paths[-3:] == distractors.paths and ds.missing_images() == []
     result = evaluate_model(
         create_model("gem", backbone="efficientnet_lite0"),
@@ -164,7 +164,7 @@ def test_distractors_extend_the_database_and_stay_negatives(tiny_revisited, tmp_
         progress=False,
     )
     assert result.scores.shape == (2, 9) and result.metrics["settings"]["n_db"] == 9
-    assert result.metrics["dataset"] == "tiny+1m"
+    assert result.metrics["dataset"] == "tiny+r1m"
 
 
 def test_missing_distractors_error_or_are_skipped_and_counted(tmp_path):
@@ -188,10 +188,10 @@ def test_db_images_include_the_distractors_in_db_paths_order(tiny_revisited, tmp
         assert ds.load_db_image(i).tobytes() == Image.open(ds.db_paths[i]).convert("RGB").tobytes()
     assert ds.load_db_image(8).getpixel((0, 0))[0] == pytest.approx(80, abs=3)  # the third distractor (40 * 2)
     for i in (9, -1):
-        with pytest.raises(IndexError, match=rf"database index {i} is outside \[0, 9\) of tiny\+1m"):
+        with pytest.raises(IndexError, match=rf"database index {i} is outside \[0, 9\) of tiny\+r1m"):
             ds.load_db_image(i)
     ds.distractors[1].unlink()
-    with pytest.raises(ImageLoadError, match=r"000001\.jpg of dataset 'tiny\+1m' does not exist"):
+    with pytest.raises(ImageLoadError, match=r"000001\.jpg of dataset 'tiny\+r1m' does not exist"):
         ds.load_db_image(7)
 
 
@@ -205,5 +205,6 @@ def test_distractors_that_are_test_images_are_refused(tiny_revisited, tmp_path, 
     (root / "revisitop1m.txt").write_text(f"0/000000.jpg\n../../tiny/{image}\n")
     distractors = Distractors.from_list(root)
     assert distractors.paths[1] != tiny_revisited / image  # not the same Path: only normalisation matches them
-    with pytest.raises(ValueError, match=rf"1 distractor\(s\) of '1m' are query or database images of tiny: .*{image}"):
+    message = rf"1 distractor\(s\) of 'r1m' are query or database images of tiny: .*{image}"
+    with pytest.raises(ValueError, match=message):
         base.with_distractors(distractors)

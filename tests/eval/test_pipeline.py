@@ -66,7 +66,7 @@ def test_reranking_and_dba_plug_into_a_run_and_are_recorded(demo):
     again = evaluate_model(model, demo, cfg, progress=False, rerank="superglobal", rerank_params={"M": 20})
     assert again.metrics["settings"]["rerank"]["params"]["M"] == 20
     np.testing.assert_array_equal(rescore(again, demo).per_query, plain.per_query)  # back to no reranking
-    with pytest.raises(ValueError, match="unknown reranker"):
+    with pytest.raises(ValueError, match="Unknown reranker"):
         rescore(plain, demo, rerank="qe")
 
 
@@ -77,7 +77,7 @@ def test_plus_distractor_features_from_sharded_extraction(demo, tmp_path):
     extract_sharded(model, distractors.paths, tmp_path / "feats", cfg, chunk_size=5, progress=False)
     with_images = evaluate_model(model, demo.with_distractors(distractors), cfg, progress=False)
     with_features = evaluate_model(model, demo, cfg, progress=False, distractor_features=tmp_path / "feats")
-    assert with_features.metrics["dataset"] == with_images.metrics["dataset"] == f"{demo.name}+1m"
+    assert with_features.metrics["dataset"] == with_images.metrics["dataset"] == f"{demo.name}+r1m"
     assert with_features.metrics["settings"]["n_db"] == demo.n_db + 12
     assert with_features.metrics["settings"]["distractor_features"]["n"] == 12
     # fp16 storage of the distractors is the only difference

@@ -455,7 +455,7 @@ def test_rerank_scores_give_the_reranker_ranking(tmp_path, method, params, direc
 def test_reranker_params_are_completed_and_checked():
     assert reranker_params("superglobal", {"M": 100}) == {"M": 100, "K": 9, "beta": 0.15, "stable": True}
     assert reranker_params("alpha_qe", {"k": 2, "alpha": 3}) == {"k": 2, "alpha": 3}
-    with pytest.raises(ValueError, match="unknown reranker 'qe'; choose one of alpha_qe, average_qe"):
+    with pytest.raises(ValueError, match="Unknown reranker 'qe'. Available rerankers: alpha_qe, average_qe"):
         reranker_params("qe")
     with pytest.raises(ValueError, match="superglobal takes K, M, beta, stable; unknown parameter.s. m"):
         reranker_params("superglobal", {"m": 3})

@@ -161,12 +161,13 @@ def test_a_killed_job_resumes_from_its_last_chunk_and_finished_folders_are_reuse
 def test_independent_jobs_write_their_chunks_and_assemble_joins_them(paths, reference, tmp_path):
     out = tmp_path / "features"
     model = make_model()
-    assert extract_sharded(model, paths, out, CFG, chunk_size=CHUNK, rank=1, world_size=3, progress=False) is None
+    done = extract_sharded(model, paths, out, CFG, chunk_size=CHUNK, process_rank=1, world_size=3, progress=False)
+    assert done is None
     assert chunks_on_disk(out) == {1, 4}
     with pytest.raises(FileNotFoundError, match="5 of 7 chunks"):
         assemble(out)
     for rank in (0, 2):
-        extract_sharded(model, paths, out, CFG, chunk_size=CHUNK, rank=rank, world_size=3, progress=False)
+        extract_sharded(model, paths, out, CFG, chunk_size=CHUNK, process_rank=rank, world_size=3, progress=False)
     assert assemble(out) == out / "features.npy"
     assert_features(out, reference)
 
@@ -198,8 +199,8 @@ def test_bad_inputs_are_named(paths, tmp_path):
         extract_sharded(model, [], tmp_path / "a", CFG)
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         extract_sharded(model, paths, tmp_path / "a", CFG, chunk_size=0)
-    with pytest.raises(ValueError, match="0 <= rank < world_size"):
-        extract_sharded(model, paths, tmp_path / "a", CFG, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="0 <= process_rank < world_size"):
+        extract_sharded(model, paths, tmp_path / "a", CFG, process_rank=2, world_size=2)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("something else")
     with pytest.raises(FileExistsError, match="not empty"):

@@ -102,7 +102,7 @@ def _madacos_batch(seed: int, batch: int = 7, classes: int = 6, boost: float = 0
     cos = torch.rand(batch, classes, generator=g, dtype=F64) * 0.6 - 0.3
     labels = torch.randint(0, classes, (batch,), generator=g)
     cos[torch.arange(batch), labels] += boost * torch.rand(batch, generator=g, dtype=F64)
-    return cos, labels
+    return cos.clamp_(max=0.999), labels  # cosines; a boosted target above 1 would be no cosine
 
 
 def _median_target_probability(cos: torch.Tensor, labels: torch.Tensor, s: torch.Tensor, m: torch.Tensor) -> float:

@@ -14,3 +14,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def unzero_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """timm ResNets zero-initialise each block's last BN scale, which zeroes the gradients inside the blocks at
+    first: draw every BN scale from U(0.5, 1.5) instead; returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    return model

@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from irlib.losses import CompositeLoss, LossTerm, merge_terms
 from irlib.models import create_model
 from irlib.models.batchformer import BatchFormer
+from tests.models.conftest import unzero_norms
 
 BACKBONE = "resnet18"
 BASES = {
@@ -40,7 +42,8 @@ def test_wraps_a_built_model_and_exposes_two_streams() -> None:
     assert model.batchformer.linear1.out_features == 32  # dim_feedforward defaults to D
     model.train()
     x = _images()
-    desc, attended = model.forward_train(x)
+    out = model.forward_train(x)
+    desc, attended = out["descriptor"], out["batch_attended"]
     assert desc.shape == attended.shape == (3, 32)
     torch.testing.assert_close(attended.norm(dim=1), torch.ones(3))
     expected = F.normalize(model.batchformer(desc.unsqueeze(1)).squeeze(1), dim=-1)
@@ -53,16 +56,34 @@ def test_wraps_a_built_model_and_exposes_two_streams() -> None:
         BatchFormer(inner, whitening=8)
 
 
-def test_gradients_reach_every_parameter_through_both_streams() -> None:
+def test_the_runs_loss_is_one_shared_head_on_both_streams_with_labels_repeated() -> None:
+    """BatchFormer's objective: the classifier on cat([pre, post]) (2B rows) and the labels twice, one head."""
     torch.manual_seed(0)
-    model = create_model("batchformer", backbone=BACKBONE, base="delg", dim=64).train()
-    for module in model.modules():  # timm ResNets zero-initialise each block's last BN scale
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-    head = torch.nn.Linear(64, 5)  # the shared classifier
+    model = create_model("batchformer", backbone=BACKBONE, base="gem", whitening=16, dropout=0.0).train()
+    objective = CompositeLoss(
+        [LossTerm("cosface")], output_dims=model.output_dims(), num_classes=5, streams=model.descriptor_streams()
+    )
     labels = torch.tensor([0, 3, 1])
-    desc, attended = model.forward_train(_images())
-    F.cross_entropy(head(torch.cat([desc, attended])), labels.repeat(2)).backward()
+    out = model.forward_train(_images())
+    total, terms = objective(out, labels)
+    head = objective.terms["cosface"]
+    expected = head(torch.cat([out["descriptor"], out["batch_attended"]]), torch.cat([labels, labels]))
+    torch.testing.assert_close(total, expected)
+    torch.testing.assert_close(terms["cosface"], expected)
+
+
+def test_gradients_reach_every_parameter_through_both_streams_and_the_wrapped_models_own_terms() -> None:
+    torch.manual_seed(0)
+    model = create_model("batchformer", backbone=BACKBONE, base="delg", dim=64, local_branch=True).train()
+    unzero_norms(model)
+    assert [t.name for t in model.loss_terms()] == ["delg_attention", "delg_reconstruction"]
+    objective = CompositeLoss(
+        merge_terms([LossTerm("arcface")], model.loss_terms()),
+        output_dims=model.output_dims(),
+        num_classes=5,
+        streams=model.descriptor_streams(),
+    )
+    objective(model.forward_train(_images()), torch.tensor([0, 3, 1]))[0].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert not missing
 
@@ -98,9 +119,11 @@ def test_weights_whole_wrapper_or_wrapped_model(tmp_path: Path) -> None:
     torch.save(source.model.state_dict(), path)
     inner_only = create_model("batchformer", backbone=BACKBONE, whitening=16, weights=path)
     assert torch.equal(inner_only.model.whiten.weight, source.model.whiten.weight)
-    assert inner_only.config["weights"] == str(path) and inner_only.model.config["weights"] == str(path)
-    with pytest.raises(ValueError, match="whole-BatchFormer"):
-        BatchFormer(source.model, weights=path)
+    assert inner_only.config["weights"] == str(path)  # recorded once, by the wrapper that loaded them
+    built = BatchFormer(create_model("gem", backbone=BACKBONE, whitening=16), weights=path)  # into a given model
+    assert torch.equal(built.model.whiten.weight, source.model.whiten.weight)
+    with pytest.raises(ValueError, match="Pass either pretrained=True or weights=PATH"):
+        create_model("batchformer", backbone=BACKBONE, pretrained=True, weights=path)
     broken = {k: v for k, v in source.state_dict().items() if k != "batchformer.linear1.weight"}
     torch.save(broken, path)
     with pytest.raises(ValueError, match="missing keys: batchformer.linear1.weight"):

@@ -31,7 +31,9 @@ def test_irlib_checkpoints_round_trip_and_unknown_sources_are_named(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(a.eval()(x), b.eval()(x))
     assert "irlib" in list_checkpoint_sources()
-    with pytest.raises(ValueError, match="unknown checkpoint source 'cvnett'"):
+    with pytest.raises(
+        ValueError, match="Unknown checkpoint source 'cvnett'. Available checkpoint sources: .*Did you mean 'cvnet'"
+    ):
         load_checkpoint(b, a.state_dict(), source="cvnett")
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from irlib.models import create_model, list_models
 from irlib.models.checkpoints import list_checkpoint_sources, load_checkpoint
-from irlib.models.cvnet import CVNetGlobal, average_scales
+from irlib.models.cvnet import CVNetGlobal
+from irlib.models.pooling import mean_of_scales
 from tests.conftest import oracle_model_case, shared_path
 
 BGR_MEAN, BGR_STD = (0.406, 0.456, 0.485), (0.225, 0.224, 0.229)  # official test/dataset.py:20-21
@@ -77,14 +78,14 @@ def test_reproduces_official_global_descriptor(oracle):
 
 
 def test_reproduces_official_multiscale_descriptor(oracle):
-    """Per-scale descriptors of the recorded cv2-resized uint8 images, then L2 -> mean -> L2 (average_scales)."""
+    """Per-scale descriptors of the recorded cv2-resized uint8 images, then L2 -> mean -> L2 (mean_of_scales)."""
     rec, model, _ = oracle
     images = [rec["inputs"][k] for k in MS_IMAGES]
     assert torch.tensor([im.shape[1:3] for im in images]).equal(rec["intermediates"]["ms_input_hw"])
     with torch.inference_mode():
         per_scale = torch.stack([model(_normalise_bgr_u8(im).flip(1)) for im in images])
     torch.testing.assert_close(per_scale, rec["outputs"]["ms_per_scale_desc"], rtol=0, atol=1e-6)
-    torch.testing.assert_close(average_scales(per_scale), rec["outputs"]["ms_global_desc"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(mean_of_scales(per_scale), rec["outputs"]["ms_global_desc"], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(("variant", "arch"), [("R50", "resnet50"), ("R101", "resnet101")])
@@ -153,4 +154,4 @@ def test_registered():
 def test_average_scales_is_l2_mean_l2():
     per_scale = torch.randn(3, 2, 8)
     expected = F.normalize(sum(F.normalize(d, dim=-1) for d in per_scale) / 3, dim=-1)
-    torch.testing.assert_close(average_scales(per_scale), expected)
+    torch.testing.assert_close(mean_of_scales(per_scale), expected)

@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from irlib.losses import CompositeLoss
 from irlib.models import create_model, gem
-from irlib.models.delg import DELG, reconstruction_loss
+from irlib.models.delg import DELG
+from tests.models.conftest import unzero_norms
 
 BACKBONE = "resnet18"
 
@@ -16,18 +18,11 @@ def _images(batch: int = 2, size: int = 64) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def _unzero_norms(model: torch.nn.Module) -> None:
-    """timm ResNets zero-initialise each block's last BN scale, which zeroes the gradients inside the blocks."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-
-
 @pytest.fixture(scope="module")
 def local_model() -> DELG:
     torch.manual_seed(0)
     model = create_model("delg", backbone=BACKBONE, local_branch=True, dim=256)
-    _unzero_norms(model)
+    unzero_norms(model)
     return model
 
 
@@ -64,14 +59,14 @@ def test_local_branch_outputs_and_formulas(local_model: DELG) -> None:
         desc = model(_images())
     assert out["descriptor"].shape == (2, 256)
     torch.testing.assert_close(out["descriptor"], desc)
-    assert out["stage3"].shape == (2, 256, 4, 4)  # resnet18 layer3, stride 16
+    assert out["reconstruction_target"].shape == (2, 256, 4, 4)  # resnet18 layer3, stride 16
     assert out["attention"].shape == (2, 4, 4) and bool((out["attention"] > 0).all())
     assert out["local_features"].shape == (2, 128, 4, 4)
     assert out["reconstruction"].shape == (2, 256, 4, 4) and bool((out["reconstruction"] >= 0).all())
     att = model.attention
-    score = att.conv2(F.relu(att.bn(att.conv1(out["stage3"])))).squeeze(1)
+    score = att.conv2(F.relu(att.bn(att.conv1(out["reconstruction_target"])))).squeeze(1)
     torch.testing.assert_close(out["attention"], F.softplus(score))
-    torch.testing.assert_close(out["local_features"], model.autoencoder.reduce(out["stage3"]))
+    torch.testing.assert_close(out["local_features"], model.autoencoder.reduce(out["reconstruction_target"]))
     pooled = (F.normalize(out["reconstruction"], dim=1) * out["attention"][:, None]).mean(dim=(2, 3))
     torch.testing.assert_close(out["attention_pooled"], pooled)
     assert {k: tuple(v.shape) for k, v in ins.items()} == {
@@ -83,21 +78,30 @@ def test_local_branch_outputs_and_formulas(local_model: DELG) -> None:
     torch.testing.assert_close(ins["attention"], out["attention"])
 
 
-def test_reconstruction_loss_is_mse() -> None:
-    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
-    torch.testing.assert_close(reconstruction_loss(a, b), ((a - b) ** 2).mean())
+def test_the_local_branch_declares_delgs_loss_terms_with_the_papers_weights(local_model: DELG) -> None:
+    terms = {t.name: t.weight for t in local_model.loss_terms()}
+    assert terms == {"delg_attention": 1.0, "delg_reconstruction": 10.0}  # TF train.py flag defaults
+    assert local_model.output_dims() == {
+        "descriptor": 256,
+        "attention_pooled": 256,
+        "reconstruction": 256,
+        "reconstruction_target": 256,
+    }
+    assert create_model("delg", backbone=BACKBONE, dim=32).loss_terms() == []
 
 
 def test_stop_gradient_local_losses_do_not_reach_backbone(local_model: DELG) -> None:
     model = local_model.train()
     backbone = dict(model.backbone.named_parameters())
-    local = {n: p for n, p in model.named_parameters() if n.startswith(("attention.", "autoencoder."))}
+    local = {
+        n: p for n, p in model.named_parameters() if n.startswith(("attention.", "autoencoder.")) and p.requires_grad
+    }
+    assert not model.attention.conv1.bias.requires_grad  # frozen on purpose: the BN after conv1 cancels it
     reached: set[str] = set()
 
+    local_losses = CompositeLoss(model.loss_terms(), output_dims=model.output_dims(), num_classes=3)
     model.zero_grad(set_to_none=True)
-    out = model.forward_train(_images())
-    local_loss = reconstruction_loss(out["stage3"], out["reconstruction"]) + out["attention_pooled"].pow(2).sum()
-    local_loss.backward()
+    local_losses(model.forward_train(_images()), torch.tensor([0, 2]))[0].backward()
     assert all(p.grad is None for p in backbone.values()), "local-branch loss reached the backbone"
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in local.values())
     assert model.whiten.weight.grad is None

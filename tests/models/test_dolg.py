@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 
@@ -18,9 +19,9 @@ from irlib.models.dolg import (
     PAPER_DILATIONS,
     TRAINING_ONLY_KEYS,
     convert_official_dolg,
-    mean_of_scales,
     rescale,
 )
+from irlib.models.pooling import mean_of_scales
 from tests.conftest import oracle_model_case, shared_path
 
 # Official test-time normalisation, per B, G, R channel (evaler/process.py:12-13).
@@ -120,7 +121,7 @@ def test_options_config_and_rejected_backbones() -> None:
     assert [c.dilation[0] for c in paper.local.aspp.branches[1:]] == [3, 6, 9]
     assert paper.feat_dim == 128
     assert create_model("dolg", backbone="resnet18").local.aspp is None
-    assert not DOLG.__init__.__kwdefaults__["multi_atrous"]
+    assert inspect.signature(DOLG).parameters["multi_atrous"].default is False
     with pytest.raises(ValueError, match="timm ResNet"):
         create_model("dolg", backbone="efficientnet_lite0")
 

@@ -50,6 +50,7 @@ def test_gem_descriptors_are_unit_norm() -> None:
         "p": 3.0,
         "learn_p": False,
         "whitening": None,
+        "pooling": "gem",
     }
     assert model.data_config["channel_order"] == "RGB"
     assert all(len(model.data_config[k]) == 3 for k in ("mean", "std"))

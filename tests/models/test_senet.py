@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from irlib.models import create_model, gem
 from irlib.models.senet import SelfSimilarityModule, SENet, self_correlation
+from tests.models.conftest import unzero_norms
 
 BACKBONE = "resnet18"
 
@@ -20,9 +21,7 @@ def _images(batch: int = 2, size: int = 96) -> torch.Tensor:
 def model() -> SENet:
     torch.manual_seed(0)
     model = create_model("senet", backbone=BACKBONE, dim=128, mid_dim=32)
-    for module in model.modules():  # timm ResNets zero-initialise each block's last BN scale
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    unzero_norms(model)
     return model
 
 

@@ -16,6 +16,7 @@ from irlib.models.ultron import (
     alpha_mean,
     eca_kernel_size,
 )
+from tests.models.conftest import unzero_norms
 
 BACKBONE = "resnet18"
 SMALL = {"dim": 48, "embed_dim": 32, "depth": 2, "heads": 4, "cd_depth": 1}
@@ -29,9 +30,7 @@ def _images(batch: int = 2, size: int = 64) -> torch.Tensor:
 def model() -> ULTRON:
     torch.manual_seed(0)
     model = create_model("ultron", backbone=BACKBONE, **SMALL)
-    for module in model.modules():  # timm ResNets zero-initialise each block's last BN scale
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    unzero_norms(model)
     return model
 
 

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from irlib.eval.pipeline import EvalResult, save_result
-from irlib.results import RUN_FILE, load_runs, new_record, write_run
+from irlib.provenance import RUN_FILE, new_record, write_run
+from irlib.results import load_runs
 
 
 def _metrics(dataset: str = "roxford5k", rerank: dict | None = None) -> dict:

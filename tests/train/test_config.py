@@ -26,7 +26,6 @@ def test_spca_recipe_is_tokens_experiment():
     )
     assert (c.momentum, c.nesterov, c.weight_decay, c.no_decay_1d) == (0.9, True, 1e-4, True)
     assert c.loss == "arcface" and c.loss_kwargs == {"s": 32.0, "m": 0.15, "fallback": "none"}
-    assert set(RECIPES) == {"spca", "dolg", "cvnet", "delg"}
 
 
 def test_yaml_may_start_from_a_recipe_and_unknown_fields_are_named(tmp_path):
@@ -40,3 +39,58 @@ def test_yaml_may_start_from_a_recipe_and_unknown_fields_are_named(tmp_path):
         recipe("spcaa")
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8")
+
+
+def test_a_composite_objective_is_a_list_of_terms_and_either_form_replaces_the_other(tmp_path):
+    terms = [{"name": "arcface", "kwargs": {"s": 30.0}}, {"name": "smoothap", "weight": 0.5, "on": "descriptor"}]
+    cfg = TrainConfig(losses=terms)
+    assert [(t.name, t.weight, t.on) for t in cfg.loss_terms()] == [
+        ("arcface", 1.0, None),
+        ("smoothap", 0.5, ("descriptor",)),
+    ]
+    cfg.to_yaml(tmp_path / "c.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "c.yaml") == cfg
+    assert [t.name for t in TrainConfig(loss="cosface").loss_terms()] == ["cosface"]  # the one-term shorthand
+    with pytest.raises(ValueError, match="either as loss/loss_kwargs .* or as losses"):
+        TrainConfig(loss="cosface", losses=terms)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['s'\]"):
+        TrainConfig(losses=[{"name": "arcface", "s": 30}])
+    # overriding either form replaces the recipe's objective
+    assert recipe("spca", losses=terms).loss_terms()[1].name == "smoothap"
+    assert [t.name for t in recipe("spca", losses=terms).replace(loss="cosface").loss_terms()] == ["cosface"]
+    (tmp_path / "r.yaml").write_text("recipe: dolg\nlosses: [{name: madacos}, {name: delg_attention, weight: 2}]\n")
+    assert [t.name for t in TrainConfig.from_yaml(tmp_path / "r.yaml").loss_terms()] == ["madacos", "delg_attention"]
+
+
+def test_every_recipe_builds_its_model_and_objective():
+    from irlib.models import create_model
+    from irlib.train.engine import build_objective
+
+    assert set(RECIPES) >= {
+        "spca",
+        "dolg",
+        "cvnet",
+        "delg",
+        "superglobal",
+        "senet",
+        "ultron",
+        "batchformer",
+        "batch_transformer",
+    }
+    for name, cfg in RECIPES.items():
+        small = {"ultron": {"embed_dim": 32, "depth": 1, "heads": 4}}.get(name, {})
+        model = create_model(cfg.method, backbone="resnet18", **(cfg.model_kwargs | small))
+        objective = build_objective(cfg, model, num_classes=5)
+        assert [t.name for t in cfg.loss_terms()] == [k.split("@")[0] for k in objective.terms][: len(cfg.loss_terms())]
+
+
+def test_the_delg_recipe_trains_the_local_branch_with_the_papers_weights():
+    cfg = RECIPES["delg"]
+    assert cfg.model_kwargs == {"local_branch": True}
+    assert {t.name: t.weight for t in cfg.loss_terms()} == {
+        "arcface": 1.0,
+        "delg_attention": 1.0,
+        "delg_reconstruction": 10.0,
+    }
+    assert cfg.loss_terms()[0].kwargs == {"s": 45.25, "m": 0.1, "fallback": "none"}
+    assert (cfg.nesterov, cfg.grad_clip, cfg.lr) == (False, 10.0, 0.01)

@@ -9,11 +9,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from irlib.models.base import RetrievalModel
 from irlib.train.engine import Trainer
 from tests.train.test_engine import make
 
 
-class TinyGroupNormNet(nn.Module):
+class TinyGroupNormNet(RetrievalModel):
     """No BatchNorm: SyncBatchNorm needs GPU tensors, so on CPU batch statistics would differ per process."""
 
     feat_dim = 8

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from irlib.models.base import RetrievalModel
 from irlib.train.config import TrainConfig
 from irlib.train.engine import Trainer, lr_at, param_groups
 
@@ -33,7 +34,7 @@ class NoisyImages(torch.utils.data.Dataset):
         return self.x[i] + 0.1 * torch.randn(3, 16, 16), int(self.y[i])
 
 
-class TinyNet(nn.Module):
+class TinyNet(RetrievalModel):
     feat_dim = 8
 
     def __init__(self) -> None:
@@ -115,8 +116,8 @@ def test_metrics_are_logged_as_jsonl_and_the_config_is_saved(tmp_path):
 
 def test_non_finite_loss_stops_with_the_step_named_and_keeps_the_last_checkpoint(tmp_path):
     t = make(tmp_path, max_steps=8)
-    real = t.loss.forward
-    t.loss.forward = lambda x, y: real(x, y) * (float("nan") if t.step == 6 else 1.0)
+    real = t.loss.terms["loss"].forward
+    t.loss.terms["loss"].forward = lambda x, y: real(x, y) * (float("nan") if t.step == 6 else 1.0)
     with pytest.raises(FloatingPointError, match="at step 7"):
         t.fit()
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 5
@@ -218,6 +219,7 @@ def test_top1_is_measured_on_unmargined_cosine_logits_and_logged(tmp_path):
 
 def test_test_set_monitoring_is_off_by_default_and_labelled_when_on(tmp_path, tiny_revisited):
     from irlib.models import create_model
+    from irlib.train.run import revisited_monitor
 
     class Head(nn.Module):
         def __init__(self) -> None:
@@ -238,7 +240,10 @@ def test_test_set_monitoring_is_off_by_default_and_labelled_when_on(tmp_path, ti
         monitor_every=2,
         monitor_image_size=64,
     )
-    Trainer(cfg, NoisyImages(), model=create_model("gem", backbone="efficientnet_lite0"), loss=Head()).fit()
+    with pytest.raises(ValueError, match="no monitor callback"):
+        Trainer(cfg, NoisyImages(), model=create_model("gem", backbone="efficientnet_lite0"), loss=Head())
+    model = create_model("gem", backbone="efficientnet_lite0")
+    Trainer(cfg, NoisyImages(), model=model, loss=Head(), monitor=revisited_monitor(cfg)).fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     monitored = [r for r in records if "test_set_monitoring" in r]
     assert len(monitored) == 1 and monitored[0]["step"] == 2
@@ -272,3 +277,91 @@ def test_non_finite_gradients_stop_the_run_too(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite gradient norm at step 7"):
         t.fit()
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 5
+
+
+class TwoHeadNet(TinyNet):
+    """TinyNet plus a training-only output ``"aux"`` (B, 8) from a layer that nothing else uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Linear(8, 8)
+
+    def forward_train(self, x):
+        out = super().forward_train(x)
+        return out | {"aux": nn.functional.normalize(self.aux(out["descriptor"]), dim=-1)}
+
+    def output_dims(self):
+        return super().output_dims() | {"aux": 8}
+
+
+def _composite_config(tmp_path, **fields) -> TrainConfig:
+    settings = dict(
+        global_batch=8, max_steps=2, warmup_epochs=0, log_every=1, out_dir=str(tmp_path), channels_last=False
+    )
+    return TrainConfig(**(settings | fields))
+
+
+def test_a_composite_objective_logs_each_term_and_trains_every_output(tmp_path):
+    torch.manual_seed(0)
+    losses = [{"name": "cosface", "kwargs": {"s": 10.0}}, {"name": "smoothap", "weight": 0.5, "on": "aux"}]
+    cfg = _composite_config(
+        tmp_path, losses=losses, sampler="class_balanced", classes_per_batch=2, samples_per_class=4, tensorboard=True
+    )
+    t = Trainer(cfg, NoisyImages(), model=TwoHeadNet())
+    before = t.model.aux.weight.detach().clone()
+    t.fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        assert set(r["losses"]) == {"cosface", "smoothap"}
+        assert r["loss"] == pytest.approx(r["losses"]["cosface"] + 0.5 * r["losses"]["smoothap"], rel=1e-6)
+    assert not torch.equal(t.model.aux.weight, before)  # the term on "aux" trained the layer behind it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"losses/cosface", "losses/smoothap"} <= set(events.Tags()["scalars"])
+
+
+def test_a_parameter_that_no_term_trains_stops_the_run_unless_frozen_on_purpose(tmp_path):
+    with pytest.raises(ValueError, match=r"received no gradient .*model\.aux\.weight, model\.aux\.bias.*freeze them"):
+        Trainer(_composite_config(tmp_path / "a"), NoisyImages(), model=TwoHeadNet()).fit()
+    model = TwoHeadNet()
+    model.aux.requires_grad_(False)  # frozen on purpose
+    assert Trainer(_composite_config(tmp_path / "b"), NoisyImages(), model=model).fit()["step"] == 2
+
+
+def test_ranking_terms_need_class_balanced_batches(tmp_path):
+    with pytest.raises(ValueError, match=r"\['smoothap'\] compare images of one class .* sampler: class_balanced"):
+        Trainer(_composite_config(tmp_path, losses=[{"name": "smoothap"}]), NoisyImages(), model=TinyNet())
+
+
+def test_a_checkpoint_written_before_composite_objectives_resumes(tmp_path):
+    t = Trainer(_composite_config(tmp_path, loss="cosface", max_steps=1), NoisyImages(), model=TinyNet())
+    t.fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert set(state["loss"]) == {"terms.cosface.weight"}
+    state["loss"] = {"weight": state["loss"].pop("terms.cosface.weight")}  # the old layout: the head's own keys
+    torch.save(state, tmp_path / "checkpoint.pt")
+    resumed = Trainer(_composite_config(tmp_path, loss="cosface", max_steps=2), NoisyImages(), model=TinyNet())
+    resumed.fit(resume=True)
+    assert resumed.step == 2
+
+
+def test_a_second_stage_starts_from_the_first_stages_weights_with_a_fresh_optimiser(tmp_path):
+    first = make(tmp_path / "s1", max_steps=3)
+    first.fit()
+    second = make(tmp_path / "s2", max_steps=2, init_from=str(tmp_path / "s1"))
+    started = {}
+    step = second._optimiser_step
+
+    def first_step(group):
+        started.setdefault("w", {k: v.clone() for k, v in weights(second).items()})
+        return step(group)
+
+    second._optimiser_step = first_step
+    second.fit()
+    for k, v in weights(first).items():
+        assert torch.equal(started["w"][k], v), k  # model and loss head as the first stage ended
+    assert second.step == 2 and json.loads((tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+    with pytest.raises(FileNotFoundError):
+        make(tmp_path / "s3", max_steps=1, init_from=str(tmp_path / "missing")).fit()

@@ -19,6 +19,8 @@ from irlib.models import create_model, list_models
 from irlib.viz.attention import activation_map, default_layer, grad_cam, overlay, plot_attention, preprocess
 from tests.models.conftest import one_thread  # noqa: F401  (fixture: R18 passes on shared cores)
 
+WRAPPERS = ("batchformer", "batch_transformer")  # training-time wrappers: the wrapped model's backbone
+
 SQUARE = (40, 16, 64, 40)  # x1, y1, x2, y2 of the planted red square in a 96 x 80 image
 
 
@@ -163,12 +165,13 @@ def test_grad_cam_and_activation_run_on_every_model_of_the_zoo(method):
     torch.manual_seed(0)
     model = create_model(method, backbone="resnet18").train()  # random weights
     first = next(model.parameters()).requires_grad_(False)  # a frozen stem: its flag must survive
+    flags = [p.requires_grad for p in model.parameters()]  # with the parts a method freezes on purpose
     x = preprocess(model, _planted(), size=160)  # 160 x 133: SuperGlobal's smallest scale still fits R-GeM
     layer = default_layer(model, x)
     names = {m: n for n, m in model.named_modules()}
-    expected = {"dolg": "backbone.layer4", "batchformer": "model.backbone", "ultron": "backbone.layer4"}
+    expected = {"dolg": "backbone.layer4", "ultron": "backbone.layer4"} | dict.fromkeys(WRAPPERS, "model.backbone")
     assert names[layer] == expected.get(method, "backbone")  # the backbone's last map, however forward calls it
     for heat in (grad_cam(model, x), activation_map(model, x)):
         assert heat.shape == (133, 160) and np.isfinite(heat).all() and 0.0 <= heat.min() <= heat.max() <= 1.0
     assert model.training and not first.requires_grad
-    assert all(p.requires_grad for p in model.parameters() if p is not first)
+    assert [p.requires_grad for p in model.parameters()] == flags
