@@ -12,9 +12,12 @@ the graph, as ``block3 = tf.stop_gradient(block3)`` in DELG's ``train.py``, so i
 - attention pooling (input of the attention classifier in training):
   ``mean_{ij}(attention_ij * F3'_ij / ||F3'_ij||)`` ``(B, C3)``.
 
-The BN in the attention module and the ReLU on the reconstruction follow the DELF/DELG TF2 code as we recall it
-([recalled], not in ``methods.md``). Classifiers (ArcFace m = 0.1, s = 45.25 on the descriptor; softmax on the
-attention-pooled vector) are training heads outside the model; :func:`reconstruction_loss` is DELG's L_r.
+The attention scores come from the stride-16 features themselves and the pooled vector from the normalised
+reconstruction, as in the final TF2 DELF/DELG code (``delf_model.py``); the attention module has one BN, after its
+first conv. Training (:meth:`DELG.forward_train`, :meth:`DELG.loss_terms`): the run's loss on the descriptor (ArcFace
+m = 0.1, s = 45.25 in the ``delg`` recipe) plus DELG's attention loss (``delg_attention``: softmax cross-entropy of a
+linear classifier on the attention-pooled vector, weight 1) and reconstruction loss (``delg_reconstruction``: MSE,
+weight 10), the ``train.py`` flag defaults (:mod:`irlib.losses.delg`).
 
 ``inspect`` keys: ``"features"`` ``(B, C, h, w)``, ``"descriptor"`` ``(B, dim)``; with the local branch also
 ``"attention"`` ``(B, h3, w3)`` (softplus scores) and ``"local_features"`` ``(B, 128, h3, w3)`` (h3 = 2h, w3 = 2w
@@ -36,15 +39,6 @@ from irlib.models._registry import register_model
 from irlib.models.backbones import feature_maps, local_stage_index
 from irlib.models.base import RetrievalModel
 from irlib.models.pooling import GeM
-
-
-def stride16_stage_index(backbone: nn.Module) -> int:
-    """Index (for timm ``forward_intermediates``) of the last feature stage with stride 16 (ResNet ``layer3``)."""
-    stages = [i for i, info in enumerate(backbone.feature_info) if info["reduction"] == 16]
-    if not stages:
-        raise ValueError(f"backbone {type(backbone).__name__} has no stride-16 feature stage")
-    return stages[-1]
-
 
 ATTENTION_LOSS_WEIGHT = 1.0
 RECONSTRUCTION_LOSS_WEIGHT = 10.0
