@@ -90,18 +90,20 @@ class Ranking:
             found in the top-k of the ranking evaluated (IVF-PQ's shortlist re-scored exactly, before reranking)
             and of IVF-PQ's own order.
         rerank: ``{"method", "params"}`` (defaults filled in) or None.
+        n_db: the database size.
     """
 
     scores: np.ndarray | None
     ids: np.ndarray | None
     search: dict[str, Any]
     rerank: dict[str, Any] | None
+    n_db: int
 
     def evaluate(self, gnd: Sequence[Mapping[str, Any]], kappas: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
         """E/M/H metrics of this ranking (:func:`irlib.eval.revisited.evaluate`), truncated for a shortlist."""
         if self.scores is not None:
             return evaluate(gnd, scores=self.scores, kappas=kappas)
-        return evaluate(gnd, ranks=self.ids.T, kappas=kappas)
+        return evaluate(gnd, ranks=self.ids.T, kappas=kappas, n_db=self.n_db)
 
 
 def search_database(
@@ -129,14 +131,14 @@ def search_database(
         scores = database_scores(queries, database) if stacked else similarity(queries, database)
         if rerank:
             scores = rerank_scores(rerank, scores, queries, database, rerank_record["params"])
-        return Ranking(scores, None, record, rerank_record)
+        return Ranking(scores, None, record, rerank_record, scores.shape[1])
     searcher = ShortlistSearch(database, search, params)
     _, ids, index_ids = searcher(queries)
     if search == "ivfpq":
         record["recall@100"] = _recall_at_100(queries, database, ids, index_ids)
     if rerank:
         ids = _rerank_shortlist(rerank, rerank_record["params"], queries, database, ids, searcher)
-    return Ranking(None, ids, record, rerank_record)
+    return Ranking(None, ids, record, rerank_record, len(database))
 
 
 def _recall_at_100(

@@ -207,6 +207,26 @@ def stable_positions(row: np.ndarray, items: np.ndarray, n_bins: int = 1 << 14) 
     return pos
 
 
+def validate_ranks(ranks: np.ndarray, n_db: int | None = None) -> None:
+    """Raise ``ValueError`` unless every column of the integer ``(k, n_queries)`` ``ranks`` is a prefix of a
+    permutation of ``[0, n_db)`` (of the non-negative integers without ``n_db``) with ``k >= 1``."""
+    if ranks.shape[0] == 0 and ranks.shape[1]:
+        raise ValueError("ranks is empty (k = 0): no database image was ranked for any query")
+    if ranks.size and ranks.min() < 0:
+        raise ValueError("ranks holds negative indices (faiss pads missing results with -1: drop them first)")
+    if n_db is not None and ranks.size and ranks.max() >= n_db:
+        raise ValueError(f"ranks holds database index {int(ranks.max())}, outside [0, n_db={n_db})")
+    ordered = np.sort(ranks, axis=0)
+    repeated = np.flatnonzero((ordered[1:] == ordered[:-1]).any(axis=0))
+    if repeated.size:
+        q = int(repeated[0])
+        twice = int(ordered[1:, q][ordered[1:, q] == ordered[:-1, q]][0])
+        raise ValueError(
+            f"ranks lists a database index twice in {repeated.size} query column(s), e.g. index {twice} in query "
+            f"{q}: a ranking is a permutation of the database (or a prefix of one)"
+        )
+
+
 def evaluate(
     gnd: Sequence[Mapping[str, Any]],
     *,
@@ -214,6 +234,7 @@ def evaluate(
     ranks: np.ndarray | None = None,
     kappas: Sequence[int] = (1, 5, 10),
     protocols: Sequence[str] = PROTOCOLS,
+    n_db: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Revisited Easy/Medium/Hard metrics from a score matrix or a ranking.
 
@@ -221,7 +242,10 @@ def evaluate(
         gnd: the per-query list of a revisitop pickle (``{"easy", "hard", "junk", ...}`` per query).
         scores: ``(n_queries, n_db)`` similarities, higher is better; ties rank by database index.
             Positions are counted per positive and junk image; the database is never sorted.
-        ranks: ``(n_db, n_queries)`` or truncated ``(k, n_queries)`` 0-based database indices, best first.
+        ranks: ``(n_db, n_queries)`` or truncated ``(k, n_queries)`` 0-based database indices, best first: each
+            column a permutation of the database, or a prefix of one (no index twice, none negative, at least one
+            row); a duplicate would count a positive twice (AP above 1).
+        n_db: the database size, with ``ranks``: indices (ranking and ground truth) must lie in ``[0, n_db)``.
         kappas: the k of mP@k.
         protocols: any of ``"easy"``, ``"medium"``, ``"hard"``.
 
@@ -248,9 +272,8 @@ def evaluate(
             )
         if not np.issubdtype(ranks.dtype, np.integer):
             raise ValueError(f"ranks must hold integer database indices, got dtype {ranks.dtype}")
-        if ranks.size and ranks.min() < 0:
-            raise ValueError("ranks holds negative indices (faiss pads missing results with -1: drop them first)")
-        validate_gnd(gnd)
+        validate_ranks(ranks, n_db)
+        validate_gnd(gnd, n_db=n_db)
         out = {}
         for p in protocols:
             m, aps, pr, prs = compute_map(ranks, _protocol_gnd(gnd, p), kappas)

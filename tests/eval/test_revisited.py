@@ -253,3 +253,52 @@ def test_stable_positions_when_the_score_span_is_too_small_to_bin():
     # found by hypothesis: (n_bins - 1) / span overflows float32 for a span of one tiny normal number
     row = np.array([0.0, 1.1754943508222875e-38], dtype=np.float32)
     np.testing.assert_array_equal(stable_positions(row, np.array([0, 1]), n_bins=7), [1, 0])
+
+
+# --- rankings are validated as strictly as scores ------------------------------------------------------------------
+
+
+def _gnd_and_scores(seed: int, n_db: int, nq: int) -> tuple[list[dict], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    gnd = []
+    for _ in range(nq):
+        ids = rng.permutation(n_db)
+        easy, hard, junk = np.split(ids[: rng.integers(1, n_db)], [1 + rng.integers(0, 2), 3])
+        gnd.append({"easy": easy.tolist(), "hard": hard.tolist(), "junk": junk.tolist()})
+    return gnd, rng.integers(0, 4, (nq, n_db)).astype(np.float32)  # few levels: many ties
+
+
+@pytest.mark.filterwarnings("ignore:no query has a positive")  # a protocol without positives in a small case
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), n_db=st.integers(4, 30), nq=st.integers(1, 4), k=st.integers(1, 30))
+def test_valid_rankings_give_the_scores_numbers_and_invalid_ones_raise(seed, n_db, nq, k):
+    gnd, scores = _gnd_and_scores(seed, n_db, nq)
+    ranks = stable_ranks(scores)
+    full = evaluate(gnd, ranks=ranks, n_db=n_db)
+    for p in PROTOCOLS:
+        assert_same_metrics(full[p], evaluate(gnd, scores=scores)[p])
+    evaluate(gnd, ranks=ranks[: min(k, n_db)], n_db=n_db)  # a prefix is a valid (truncated) ranking
+    rng = np.random.default_rng(seed)
+    q = int(rng.integers(nq))
+    duplicated = ranks.copy()
+    duplicated[-1, q] = duplicated[0, q]
+    with pytest.raises(ValueError, match=rf"index {duplicated[0, q]} in query {q}"):
+        evaluate(gnd, ranks=duplicated, n_db=n_db)
+    outside = ranks.copy()
+    outside[0, q] = n_db
+    with pytest.raises(ValueError, match=rf"database index {n_db}, outside \[0, n_db={n_db}\)"):
+        evaluate(gnd, ranks=outside, n_db=n_db)
+    negative = ranks.copy()
+    negative[0, q] = -1
+    with pytest.raises(ValueError, match="negative indices"):
+        evaluate(gnd, ranks=negative, n_db=n_db)
+
+
+def test_a_duplicated_positive_no_longer_gives_an_ap_above_one():
+    gnd = [{"easy": [0], "hard": [], "junk": []}]
+    with pytest.raises(ValueError, match="lists a database index twice"):  # mAP 3.0 came out before
+        evaluate(gnd, ranks=np.array([[0], [0], [0]]))
+    with pytest.raises(ValueError, match="ranks is empty"):
+        evaluate(gnd, ranks=np.zeros((0, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"gnd\[0\]\['easy'\] has indices outside \[0, 3\)"):
+        evaluate([{"easy": [5], "hard": [], "junk": []}], ranks=np.array([[0], [1], [2]]), n_db=3)
