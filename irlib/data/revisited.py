@@ -9,7 +9,7 @@ which rounds the float box and zero-pads outside the image); ``crop_mode="trunc"
 from __future__ import annotations
 
 import os
-import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from irlib.data.images import load_image
+from irlib.io import load_data_pickle, sha256_file
 
 CropMode = Literal["round", "trunc"]
 CROP_MODES: tuple[str, ...] = ("round", "trunc")
@@ -105,8 +106,8 @@ class RevisitedDataset:
         path = root / f"gnd_{name}.pkl"
         if not path.is_file():
             raise FileNotFoundError(f"ground truth {path} does not exist (expected gnd_<name>.pkl and jpg/ in {root})")
-        with open(path, "rb") as f:
-            cfg = pickle.load(f)
+        cfg = load_data_pickle(path, "revisited ground truth (gnd_<name>.pkl)")
+        _note_unofficial(path, name)
         return cls(name=name, root=root, **_parse(cfg, path))
 
     @classmethod
@@ -225,6 +226,19 @@ class Distractors:
             )
         kept = set(missing)
         return cls(name=name, paths=[p for n, p in zip(names, paths, strict=True) if n not in kept], missing=missing)
+
+
+def _note_unofficial(path: Path, name: str) -> None:
+    """Warn when ``gnd_<name>.pkl`` of an official set (ROxford5k, RParis6k) is not the published file."""
+    from irlib.data.download import GND_SHA256
+
+    if name in GND_SHA256 and sha256_file(path) != GND_SHA256[name][0]:
+        warnings.warn(
+            f"{path} is not the official {name} ground truth (its SHA-256 differs from the published file's): "
+            f"numbers computed with it are not comparable with published ones; `python -m irlib download {name}` "
+            f"fetches the official file",
+            stacklevel=3,
+        )
 
 
 def _parse(cfg: Any, path: Path) -> dict[str, Any]:

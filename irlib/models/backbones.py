@@ -6,8 +6,10 @@ import difflib
 import functools
 import math
 import os
+import pickle
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -189,13 +191,34 @@ def feature_maps(
     return backbone.token_map(final[:, backbone.num_prefix_tokens :], grid), maps
 
 
+def load_torch_file(path: str | os.PathLike, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors and plain values only: loading never runs code); a missing,
+    empty, truncated or non-PyTorch file, or one holding other Python objects, raises an error naming the file and
+    ``what`` it should be."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {os.fspath(path)} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err) and "Unsupported global" in str(err):
+            raise ValueError(
+                f"{os.fspath(path)}: refused: it holds Python objects beyond tensors and plain values, which a {what} "
+                f"never needs (loading them could run code)"
+            ) from None
+        raise ValueError(f"{os.fspath(path)} is not a readable {what} (not a PyTorch file, or damaged)") from None
+    except Exception as err:  # torch's parsers fail on damaged files in many ways (EOFError, IndexError, ...)
+        raise ValueError(
+            f"{os.fspath(path)} is not a readable {what} (empty or truncated: {type(err).__name__}: {err})"
+        ) from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a weights file: ``(state_dict, metadata)``.
 
     A container holding the state dict under ``model_state`` (pycls), ``state_dict`` or ``model`` is unwrapped;
     its other entries are the metadata (e.g. ``bgr_weights`` and ``config`` written by ``save_checkpoint``).
     """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path, "weights file")
     meta: dict[str, Any] = {}
     if isinstance(obj, Mapping):
         for key in ("model_state", "state_dict", "model"):

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from irlib.io import atomic_path
 from irlib.losses.composite import DESCRIPTOR, CompositeLoss, merge_terms
+from irlib.models.backbones import load_torch_file
 from irlib.models.base import RetrievalModel, to_channels_last
 from irlib.models.checkpoints import save_checkpoint
 from irlib.provenance import git_commit
@@ -281,9 +282,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
-            "rng": {
+            "rng": {  # tensors and plain values only: the checkpoint loads with weights_only=True
                 "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),
                 "python": random.getstate(),
             },
             "config": self.cfg.to_dict(),
@@ -308,13 +309,13 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        np.random.set_state(_numpy_rng_tuple(state["rng"]["numpy"]))
         random.setstate(state["rng"]["python"])
         self.model.bgr_weights = state.get("bgr_weights", False)
 
     def _load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
         """Read a checkpoint written by :meth:`save` and load its model and loss states strictly; returns it."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_torch_file(path, "training checkpoint", map_location=self.device)
         self.model.load_state_dict(state["model"], strict=True)
         self.loss.load_state_dict(_composite_loss_state(state["loss"], self.loss), strict=True)
         return state
@@ -508,6 +509,23 @@ class Trainer:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         self._stop = bool(flag.item())
         return self._stop
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """NumPy's global RNG state as a tensor and plain values (``np.random.get_state()`` holds an ndarray)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def _numpy_rng_tuple(state: dict[str, Any]) -> tuple[Any, ...]:
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
+    return state["kind"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]
 
 
 def _composite_loss_state(state: dict[str, Tensor], loss: CompositeLoss) -> dict[str, Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,36 @@ def test_distractors_that_are_test_images_are_refused(tiny_revisited, tmp_path, 
     message = rf"1 distractor\(s\) of 'r1m' are query or database images of tiny: .*{image}"
     with pytest.raises(ValueError, match=message):
         base.with_distractors(distractors)
+
+
+def test_a_ground_truth_is_read_without_running_code_and_bad_files_are_named(tmp_path, tiny_revisited):
+    from tests.test_io import _Exploit
+
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "crafted"
+    (crafted / "jpg").mkdir(parents=True)
+    (crafted / "gnd_crafted.pkl").write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": _Exploit(marker)}))
+    with pytest.raises(ValueError, match=r"gnd_crafted.pkl: refused: .*revisited ground truth"):
+        RevisitedDataset.from_dir(crafted)
+    assert not marker.exists()
+    good = (tiny_revisited / "gnd_tiny.pkl").read_bytes()
+    for name, content in (("empty", b""), ("cut", good[: len(good) // 2]), ("text", b"not a pickle\n")):
+        folder = tmp_path / name
+        (folder / "jpg").mkdir(parents=True)
+        (folder / f"gnd_{name}.pkl").write_bytes(content)
+        with pytest.raises(ValueError, match=rf"gnd_{name}.pkl is not a readable revisited ground truth"):
+            RevisitedDataset.from_dir(folder)
+
+
+def test_an_official_name_with_other_contents_is_noted(tmp_path, revisitop_dir):
+    official = tmp_path / "roxford5k"
+    official.mkdir()
+    (official / "gnd_roxford5k.pkl").write_bytes((revisitop_dir / "gnd_roxford5k.pkl").read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RevisitedDataset.from_dir(official)  # the published file: no note
+    cfg = pickle.loads((revisitop_dir / "gnd_roxford5k.pkl").read_bytes())
+    cfg["gnd"][0]["junk"] = cfg["gnd"][0]["junk"][:-1]
+    (official / "gnd_roxford5k.pkl").write_bytes(pickle.dumps(cfg))
+    with pytest.warns(UserWarning, match="is not the official roxford5k ground truth"):
+        RevisitedDataset.from_dir(official)

@@ -60,3 +60,22 @@ def test_save_checkpoint_keeps_the_bgr_flag_of_a_converted_official_model(tmp_pa
         x = torch.randn(1, 3, 64, 64)
         with torch.inference_mode():
             torch.testing.assert_close(reloaded.eval()(x), converted(x))
+
+
+def test_weights_files_load_without_running_code_and_bad_files_are_named(tmp_path):
+    from tests.test_io import _Exploit
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("these are not weights\n")
+    torch.save(create_model("gem", backbone="resnet18").state_dict(), tmp_path / "good.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "good.pth").read_bytes()[:1000])
+    for name in ("empty.pth", "text.pth", "cut.pth"):
+        with pytest.raises(ValueError, match=rf"{name} is not a readable weights file"):
+            create_model("gem", backbone="resnet18", weights=tmp_path / name)
+    marker = tmp_path / "pwned"
+    torch.save({"backbone.x": torch.zeros(1), "payload": _Exploit(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match=r"evil.pth: refused: it holds Python objects beyond tensors"):
+        create_model("gem", backbone="resnet18", weights=tmp_path / "evil.pth")
+    assert not marker.exists()
+    with pytest.raises(FileNotFoundError, match="weights file .*missing.pth does not exist"):
+        create_model("gem", backbone="resnet18", weights=tmp_path / "missing.pth")

@@ -365,3 +365,19 @@ def test_a_second_stage_starts_from_the_first_stages_weights_with_a_fresh_optimi
     assert second.step == 2 and json.loads((tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
     with pytest.raises(FileNotFoundError):
         make(tmp_path / "s3", max_steps=1, init_from=str(tmp_path / "missing")).fit()
+
+
+def test_a_checkpoint_is_loaded_without_running_code(tmp_path):
+    from tests.test_io import _Exploit
+
+    make(tmp_path, max_steps=1).fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # what irlib writes loads with weights_only
+    marker = tmp_path / "pwned"
+    state["rng"]["python"] = _Exploit(marker)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint.pt: refused: it holds Python objects beyond tensors"):
+        make(tmp_path, max_steps=2).fit(resume=True)
+    assert not marker.exists()
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"checkpoint.pt is not a readable training checkpoint"):
+        make(tmp_path, max_steps=2).fit(resume=True)
