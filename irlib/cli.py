@@ -327,14 +327,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override fields (values in YAML)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
     p.add_argument("--force", action="store_true", help="start afresh even if OUT_DIR holds a checkpoint")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: apply changed training fields from the checkpoint's step on (recorded in the run)",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from irlib.train.config import TrainConfig
     from irlib.train.run import train
 
-    cfg = TrainConfig.from_yaml(args.config).replace(**_assignments(args.set, "--set"))
-    result = train(cfg, resume=args.resume, overwrite=args.force)
+    cfg = TrainConfig.from_yaml(args.config)
+    try:
+        cfg = cfg.replace(**_assignments(args.set, "--set"))
+    except ValueError as err:
+        raise ValueError(f"--set: {err}") from None
+    result = train(cfg, resume=args.resume, overwrite=args.force, allow_changes=args.allow_config_change)
     print(json.dumps(result))
     return 0
 

@@ -120,9 +120,25 @@ def test_train_command_runs_a_yaml_config_on_gldv2_layout_data(tmp_path, capsys)
     }
     assert json.loads((out / "labels.json").read_text())["num_classes"] == 3
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["step"] == 2
-    assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 2
+    labels = (out / "labels.json").read_bytes()
+    (tmp_path / "other.yaml").write_text(
+        (tmp_path / "run.yaml").read_text().replace("recipe: spca\n", "recipe: dolg\n")
+    )
+    assert main(["train", "--config", str(tmp_path / "other.yaml")]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--resume"]) == 0
+    assert (out / "labels.json").read_bytes() == labels  # a refused run writes nothing
+    run = ["train", "--config", str(tmp_path / "run.yaml")]
+    assert main([*run, "--resume", "--set", "lr=0.001", "max_steps=3"]) == 2  # a longer schedule alters training
+    err = capsys.readouterr().err
+    assert "max_steps: 2 -> 3" in err and "--allow-config-change" in err and "from step 2" in err
+    assert main([*run, "--resume", "--set", "lr=1e-3", "max_steps=3", "--allow-config-change"]) == 0  # 1e-3: a number
+    record = json.loads((out / "run.json").read_text())
+    assert record["params"]["config_changes"] == [{"step": 2, "changes": {"max_steps": [2, 3]}}]
+    assert main([*run, "--set", "max_steps=ten"]) == 2
+    assert "--set: field max_steps: expected int or null, got 'ten'" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("recipe: spca\nlog_every: 0\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "bad.yaml: field log_every: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_torchrun_two_cpu_processes_train_from_the_command_line(tmp_path):

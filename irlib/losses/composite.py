@@ -70,10 +70,15 @@ class LossTerm:
                 f"loss term {spec['name']!r}: unknown key(s) {unknown}; a term has name, weight, on and kwargs "
                 f"(the loss's own arguments go under kwargs)"
             )
-        on = spec.get("on")
+        on, weight = spec.get("on"), spec.get("weight", 1.0)
+        if isinstance(weight, str) and weight.strip():  # PyYAML reads 1e-2 as a string
+            try:
+                weight = float(weight)
+            except ValueError:
+                pass
         return cls(
             name=spec["name"],
-            weight=spec.get("weight", 1.0),
+            weight=weight,
             on=(on,) if isinstance(on, str) else None if on is None else tuple(on),
             kwargs=dict(spec.get("kwargs") or {}),
         )

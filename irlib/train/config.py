@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -94,6 +96,7 @@ class TrainConfig:
     hard_negatives: str | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.dataset not in ("gldv2", "uned"):
@@ -157,6 +160,76 @@ class TrainConfig:
             return recipe(name, **d) if name else cls.from_dict(d)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from err
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def yaml_number(value: Any) -> Any:
+    """A number PyYAML read as a string (YAML 1.1 needs a dot: ``1e-2`` is a string, ``1.0e-2`` a float) as a float;
+    any other value unchanged."""
+    return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()) else value
+
+
+_AT_LEAST = {
+    "global_batch": 1,
+    "accumulation": 1,
+    "classes_per_batch": 1,
+    "samples_per_class": 1,
+    "epochs": 1,
+    "max_steps": 1,
+    "image_size": 1,
+    "log_every": 1,
+    "checkpoint_every": 1,
+    "monitor_every": 0,
+    "monitor_image_size": 1,
+    "num_workers": 0,
+    "seed": 0,
+    "warmup_epochs": 0,
+    "warmup_lr": 0,
+    "min_lr": 0,
+    "weight_decay": 0,
+    "momentum": 0,
+}
+_POSITIVE = ("lr", "grad_clip")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Type- and range-check every field in place: numbers written as ``1e-2`` (a string to PyYAML) become floats;
+    anything else of the wrong type or range raises a ValueError naming the field and the value."""
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        value, allowed = getattr(cfg, f.name), hints[f.name]
+        kinds = [get_origin(a) or a for a in get_args(allowed)] if get_origin(allowed) is UnionType else [allowed]
+        kinds = [get_origin(k) or k for k in kinds]
+        if value is None and type(None) in kinds:
+            continue
+        if float in kinds:
+            value = yaml_number(value)
+        if dict in kinds and isinstance(value, dict):
+            value = {k: yaml_number(v) for k, v in value.items()}
+        ok = any(
+            isinstance(value, int | float) and not isinstance(value, bool)
+            if k is float
+            else isinstance(value, int) and not isinstance(value, bool)
+            if k is int
+            else isinstance(value, k)
+            for k in kinds
+            if k is not type(None)
+        )
+        if not ok:
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise ValueError(f"field {f.name}: expected {names}, got {value!r} ({type(value).__name__})")
+        if float in kinds:
+            value = float(value)
+        bound = _AT_LEAST.get(f.name)
+        if bound is not None and value < bound:
+            raise ValueError(f"field {f.name}: must be >= {bound}, got {value!r}")
+        if f.name in _POSITIVE and not value > 0:
+            raise ValueError(f"field {f.name}: must be > 0, got {value!r}")
+        object.__setattr__(cfg, f.name, value)
+    if not cfg.momentum < 1:
+        raise ValueError(f"field momentum: must be < 1, got {cfg.momentum!r}")
 
 
 def _check_fields(d: dict[str, Any]) -> None:

@@ -95,6 +95,34 @@ class Objective(nn.Module):
         return total, terms, outputs[DESCRIPTOR]
 
 
+RESUMABLE_CHANGES = frozenset(
+    {
+        "out_dir",
+        "data_dir",
+        "num_workers",
+        "log_every",
+        "checkpoint_every",
+        "tensorboard",
+        "monitor_dir",
+        "monitor_every",
+        "monitor_image_size",
+    }
+)
+"""Fields a resumed run may change freely: where things are and what is logged, not what is trained."""
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written: resuming a folder without a checkpoint, or starting in one that holds a
+    checkpoint without ``overwrite``."""
+    checkpoint = out / CHECKPOINT
+    if resume and not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint} does not exist: there is nothing to resume (start without --resume)")
+    if not resume and checkpoint.exists() and not overwrite:
+        raise FileExistsError(
+            f"{checkpoint} exists: resume it (--resume), overwrite it (--force) or use another out_dir"
+        )
+
+
 def build_objective(cfg: TrainConfig, model: RetrievalModel, num_classes: int) -> CompositeLoss:
     """The run's loss terms plus the model's own (:func:`irlib.losses.merge_terms`) on the model's training
     outputs, heads sized by the outputs they read."""
@@ -209,6 +237,7 @@ class Trainer:
                 raise RuntimeError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
             self._tensorboard = SummaryWriter(str(self.out / "tensorboard"))
         self._top1: float | None = None
+        self.config_changes: list[dict[str, Any]] = []
         self._gradients_checked = False
 
     def _make_sampler(self, dataset: Dataset) -> Any:
@@ -288,6 +317,7 @@ class Trainer:
                 "python": random.getstate(),
             },
             "config": self.cfg.to_dict(),
+            "config_changes": self.config_changes,
             "git": git_commit(),
             "bgr_weights": self.model.bgr_weights,
         }
@@ -302,9 +332,25 @@ class Trainer:
             torch.distributed.barrier()
         return path
 
-    def load(self, path: str | os.PathLike) -> None:
-        """Continue from a checkpoint written by :meth:`save` (strictly: every tensor must match)."""
+    def load(self, path: str | os.PathLike, allow_changes: bool = False) -> None:
+        """Continue from a checkpoint written by :meth:`save` (strictly: every tensor must match). A field of the
+        config that alters training and differs from the checkpoint's raises, unless ``allow_changes``: then the
+        change is recorded (``config_changes``: from which step which values apply)."""
         state = self._load_weights(path)
+        changes = {
+            name: [old, new]
+            for name, new in self.cfg.to_dict().items()
+            if name not in RESUMABLE_CHANGES and (old := state["config"].get(name, new)) != new
+        }
+        if changes and not allow_changes:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            raise ValueError(
+                f"resuming {path} with fields that alter training changed ({listed}): restore them, or pass "
+                f"--allow-config-change to apply them from step {int(state['step'])} on (the run records it)"
+            )
+        self.config_changes = list(state.get("config_changes", []))
+        if changes:
+            self.config_changes.append({"step": int(state["step"]), "changes": changes})
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -345,20 +391,19 @@ class Trainer:
                     if self.step % self.steps_per_epoch == 0:
                         break
 
-    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, overwrite: bool = False, allow_changes: bool = False) -> dict[str, Any]:
         """Train until ``total_steps``; returns the last logged metrics.
 
-        With ``resume``, continue from ``out_dir/checkpoint.pt``; otherwise a run folder holding a checkpoint is
-        refused unless ``overwrite`` (then its log starts afresh). SIGTERM saves a checkpoint at the next step
-        boundary and returns.
+        With ``resume``, continue from ``out_dir/checkpoint.pt`` (changed training fields need ``allow_changes``, see
+        :meth:`load`); otherwise a run folder holding a checkpoint is refused unless ``overwrite`` (then its log
+        starts afresh). SIGTERM saves a checkpoint at the next step boundary and returns.
         """
+        check_run_folder(self.out, resume, overwrite)
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
-            self.load(self.out / CHECKPOINT)
-        elif (self.out / CHECKPOINT).exists() and not overwrite:
-            raise FileExistsError(
-                f"{self.out / CHECKPOINT} exists: resume it (--resume), overwrite it (--force) or use another out_dir"
-            )
+            self.load(self.out / CHECKPOINT, allow_changes)
+            if self.config_changes and self.config_changes[-1]["step"] == self.step:
+                self._log({"step": self.step, "config_change": self.config_changes[-1]["changes"]})
         else:
             if self.cfg.init_from:
                 source = Path(self.cfg.init_from)

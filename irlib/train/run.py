@@ -16,7 +16,7 @@ from irlib.io import sha256_file
 from irlib.models.base import RetrievalModel
 from irlib.provenance import new_record, write_run
 from irlib.train.config import TrainConfig
-from irlib.train.engine import MODEL, Trainer
+from irlib.train.engine import MODEL, Trainer, check_run_folder
 
 LABELS = "labels.json"
 
@@ -80,11 +80,14 @@ def init_distributed() -> bool:
     return True
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, allow_changes: bool = False
+) -> dict[str, Any]:
     """Train ``cfg`` on its ``dataset`` (GLDv2/RGLDv2-clean or UnED) in ``data_dir``; returns the last logged metrics.
 
     The label map (original landmark id -> class index, ids sorted numerically) is saved as ``labels.json`` in
-    ``out_dir`` and reused on resume. An existing run is continued with ``resume`` or replaced with ``overwrite``.
+    ``out_dir`` and reused on resume. An existing run is continued with ``resume`` (changed training fields need
+    ``allow_changes``) or replaced with ``overwrite``; a refused run writes nothing.
     Rank 0 writes the run record ``run.json`` (:mod:`irlib.results`) at the end; its ``dataset`` holds the
     checksums of the split's files (:func:`_split_checksums`; ``gnd_sha256``, the test ground truth's, is None).
     """
@@ -98,6 +101,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     started = init_distributed()
     try:
         out = Path(cfg.out_dir)
+        check_run_folder(out, resume, overwrite)
         labels = out / LABELS
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.method, backbone=cfg.backbone, pretrained=cfg.pretrained, **cfg.model_kwargs)
@@ -109,13 +113,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         if int(os.environ.get("RANK", "0")) == 0:
             dataset.save_label_map(labels)
         monitor = revisited_monitor(cfg) if cfg.monitor_every else None
-        result = Trainer(cfg, dataset, model=model, monitor=monitor).fit(resume=resume, overwrite=overwrite)
+        trainer = Trainer(cfg, dataset, model=model, monitor=monitor)
+        result = trainer.fit(resume=resume, overwrite=overwrite, allow_changes=allow_changes)
         if int(os.environ.get("RANK", "0")) == 0:
             weights = out / MODEL
             record = new_record(
                 "train",
                 out,
-                params=dataclasses.asdict(cfg),
+                params=dataclasses.asdict(cfg) | {"config_changes": trainer.config_changes},
                 metrics=result,
                 dataset={
                     "name": cfg.dataset,

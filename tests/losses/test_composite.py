@@ -36,8 +36,9 @@ def test_a_spec_reads_name_weight_on_and_kwargs_and_round_trips() -> None:
         LossTerm.from_spec({"name": "smooth_ap"})
     with pytest.raises(ValueError, match="weight must be a number >= 0"):
         LossTerm("arcface", weight=-1)
+    assert LossTerm.from_spec({"name": "arcface", "weight": "1e-2"}).weight == 0.01  # PyYAML's string for 1e-2
     with pytest.raises(ValueError, match="weight must be a number >= 0"):
-        LossTerm.from_spec({"name": "arcface", "weight": "1e-2"})
+        LossTerm.from_spec({"name": "arcface", "weight": "heavy"})
     with pytest.raises(ValueError, match="at least 'name'"):
         LossTerm.from_spec({"weight": 1.0})
 

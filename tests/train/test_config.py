@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import yaml
 
 from irlib.train.config import RECIPES, TrainConfig, recipe
 
@@ -94,3 +97,34 @@ def test_the_delg_recipe_trains_the_local_branch_with_the_papers_weights():
     }
     assert cfg.loss_terms()[0].kwargs == {"s": 45.25, "m": 0.1, "fallback": "none"}
     assert (cfg.nesterov, cfg.grad_clip, cfg.lr) == (False, 10.0, 0.01)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_steps": "ten"}, "field max_steps: expected int or null, got 'ten'"),
+        ({"log_every": 0}, "field log_every: must be >= 1, got 0"),
+        ({"warmup_epochs": -1}, "field warmup_epochs: must be >= 0, got -1"),
+        ({"lr": "fast"}, "field lr: expected float, got 'fast'"),
+        ({"lr": 0}, "field lr: must be > 0"),
+        ({"momentum": 1.0}, "field momentum: must be < 1"),
+        ({"pretrained": "yes"}, "field pretrained: expected bool, got 'yes'"),
+        ({"epochs": True}, "field epochs: expected int, got True"),
+        ({"model_kwargs": [1]}, "field model_kwargs: expected dict"),
+    ],
+)
+def test_every_field_is_type_and_range_checked(tmp_path, fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**fields)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(fields))
+    with pytest.raises(ValueError, match=re.escape(f"c.yaml: {message}")):
+        TrainConfig.from_yaml(tmp_path / "c.yaml")
+
+
+def test_numbers_written_with_an_exponent_are_numbers(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 1e-2\nwarmup_lr: 5e-4\nloss_kwargs: {s: 3e1, fallback: none}\n")
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["lr"] == "1e-2"  # what PyYAML gives
+    cfg = TrainConfig.from_yaml(tmp_path / "c.yaml")
+    assert (cfg.lr, cfg.warmup_lr, cfg.loss_kwargs) == (0.01, 0.0005, {"s": 30.0, "fallback": "none"})
+    assert isinstance(TrainConfig(epochs=3).warmup_epochs, float)
+    assert TrainConfig(losses=[{"name": "arcface", "weight": "5e-1"}]).loss_terms()[0].weight == 0.5

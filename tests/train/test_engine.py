@@ -343,8 +343,10 @@ def test_a_checkpoint_written_before_composite_objectives_resumes(tmp_path):
     state["loss"] = {"weight": state["loss"].pop("terms.cosface.weight")}  # the old layout: the head's own keys
     torch.save(state, tmp_path / "checkpoint.pt")
     resumed = Trainer(_composite_config(tmp_path, loss="cosface", max_steps=2), NoisyImages(), model=TinyNet())
-    resumed.fit(resume=True)
-    assert resumed.step == 2
+    resumed.fit(resume=True, allow_changes=True)  # a longer run: the change is recorded
+    assert resumed.step == 2 and resumed.config_changes == [{"step": 1, "changes": {"max_steps": [1, 2]}}]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": 1, "config_change": {"max_steps": [1, 2]}} in records
 
 
 def test_a_second_stage_starts_from_the_first_stages_weights_with_a_fresh_optimiser(tmp_path):
