@@ -8,6 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from irlib.results.sweep import notebook_parameters
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -16,11 +18,9 @@ def test_notebook_is_stripped_and_parameterised(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "run `make strip` before committing"
-    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1, "exactly one cell tagged 'parameters'"
-    for node in ast.parse(params[0].source).body:
-        assert isinstance(node, ast.AnnAssign), f"parameters cell: typed assignments only ({ast.unparse(node)})"
-        ast.literal_eval(node.value)  # literals only: papermill does not recompute derived values
+    assert notebook_parameters(path)  # one parameters cell of literal assignments (raises otherwise) ...
+    (cell,) = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert all(isinstance(node, ast.AnnAssign) for node in ast.parse(cell.source).body)  # ... typed, here
 
 
 def test_numbered_notebooks_exist():

@@ -8,6 +8,8 @@ failed point is run again. ``<out>/<sweep>/sweep.json`` lists the notebook, the 
 
 from __future__ import annotations
 
+import ast
+import difflib
 import itertools
 import json
 import os
@@ -37,6 +39,30 @@ class PointResult:
     status: str
     seconds: float
     error: str | None = None
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
+    """The defaults of a notebook's ``parameters`` cell, ``{name: value}``: exactly one cell tagged
+    ``parameters``, assignments of literals only (papermill replaces them; nothing derived). A notebook that
+    breaks these rules raises ValueError naming it."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{notebook}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    defaults = {}
+    for node in ast.parse(cells[0].source).body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        if len(targets) != 1 or not isinstance(targets[0], ast.Name) or getattr(node, "value", None) is None:
+            raise ValueError(f"{notebook}: the parameters cell holds assignments only, not {ast.unparse(node)!r}")
+        try:
+            defaults[targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ValueError(
+                f"{notebook}: parameter {targets[0].id} is not a literal ({ast.unparse(node.value)})"
+            ) from None
+    return defaults
 
 
 def grid(parameters: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -74,13 +100,21 @@ def run_sweep(
     ``sweep`` None: the notebook's stem (``04_visualization``).
 
     The notebook gets the point's parameters and ``out_dir`` (the absolute point folder); it runs in ``cwd``
-    (default: the notebook's folder). A failing point is recorded and the sweep goes on.
+    (default: the notebook's folder). A parameter the notebook's ``parameters`` cell does not define raises before
+    anything runs (papermill would inject it silently and the notebook use its default). A failing point is
+    recorded and the sweep goes on.
     """
     import papermill
 
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"no notebook {notebook}")
+    known = notebook_parameters(notebook)
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+        hints = ", ".join(f"{u!r} (did you mean {c[0]!r}?)" if c else repr(u) for u, c in close.items())
+        raise ValueError(f"{notebook.name} has no parameter {hints}; its parameters: {', '.join(known)}")
     points = grid(parameters)
     names = [point_name(p) for p in points]
     if len(set(names)) != len(names):

@@ -2,6 +2,7 @@
 failed point, the sweep named after the notebook by default."""
 
 import json
+from pathlib import Path
 
 import nbformat
 import papermill
@@ -88,3 +89,14 @@ def test_the_sweep_is_named_after_the_notebook_by_default(notebook, tmp_path, ex
 def test_sweep_rejects_a_missing_notebook(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "none.ipynb"), "--name", "s", "--out", str(tmp_path), "-p", "x", "1"]) == 2
     assert "no notebook" in capsys.readouterr().err
+
+
+def test_an_unknown_parameter_is_refused_before_anything_runs(tmp_path):
+    from irlib.results.sweep import notebook_parameters
+
+    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "03_evaluation.ipynb"
+    defaults = notebook_parameters(notebook)
+    assert "image_size" in defaults and "rerank_params" in defaults  # valid lines are parameters, not unknowns
+    with pytest.raises(ValueError, match=r"no parameter 'imagesize' \(did you mean 'image_size'\?\)"):
+        run_sweep(notebook, "typo", {"imagesize": [64]}, out=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
