@@ -28,6 +28,10 @@ def _scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a scale: {text!r} (a number, sqrt2 or 1/sqrt2)") from None
 
 
+PREEMPTED = 75
+"""Exit status of a preempted training (EX_TEMPFAIL: a scheduler requeues it; ``--resume`` continues it)."""
+
+
 def _assignments(items: Sequence[str], option: str) -> dict[str, Any]:
     """``NAME=VALUE`` items as a dict, values read as YAML (``3`` -> int, ``0.15`` -> float, ``true`` -> bool)."""
     import yaml
@@ -184,20 +188,26 @@ def _run_eval(args: argparse.Namespace) -> int:
         fp16=args.fp16 or None,
     )
     model = _create_model(args)
+    created = not args.out.exists()
     out = prepare_out_dir(args.out, force=args.force)
-    result = evaluate_model(
-        model,
-        dataset,
-        cfg,
-        cache_dir=args.cache_dir,
-        distractor_features=args.distractor_features,
-        search=args.search,
-        search_params=_search_options(args),
-        rerank=args.rerank,
-        rerank_params=_assignments(args.rerank_param, "--rerank-param"),
-        dba=_dba(args.dba),
-    )
-    save_result(result, out)
+    try:
+        result = evaluate_model(
+            model,
+            dataset,
+            cfg,
+            cache_dir=args.cache_dir,
+            distractor_features=args.distractor_features,
+            search=args.search,
+            search_params=_search_options(args),
+            rerank=args.rerank,
+            rerank_params=_assignments(args.rerank_param, "--rerank-param"),
+            dba=_dba(args.dba),
+        )
+        save_result(result, out)
+    except BaseException:
+        if created and not any(out.iterdir()):  # leave no empty folder behind a failed run
+            out.rmdir()
+        raise
     name = f"{args.method}/{args.backbone}" + (f" + {args.rerank}" if args.rerank else "")
     print(summary_table({name: result.metrics}).round(2).to_string())
     recall = result.metrics["settings"]["search"].get("recall@100")
@@ -271,7 +281,12 @@ def _run_summarize(args: argparse.Namespace) -> int:
     runs = {}
     for root in args.runs:
         for path in sorted([root] if root.is_file() else root.rglob("metrics.json")):
-            runs[str(path.parent)] = json.loads(path.read_text())
+            try:
+                runs[str(path.parent)] = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(
+                    f"{path} is not a readable metrics.json ({err}): rerun that evaluation or remove the file"
+                ) from None
     if not runs:
         raise SystemExit(f"irlib summarize: no metrics.json under {', '.join(map(str, args.runs))}")
     print(summary_table(runs).round(2).to_string())
@@ -345,6 +360,9 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--set: {err}") from None
     result = train(cfg, resume=args.resume, overwrite=args.force, allow_changes=args.allow_config_change)
     print(json.dumps(result))
+    if result.get("preempted"):
+        print(f"irlib train: preempted at step {result.get('step')}; resume with --resume", file=sys.stderr)
+        return PREEMPTED
     return 0
 
 

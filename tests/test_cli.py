@@ -258,3 +258,53 @@ def test_eval_search_options_faiss_flat_equals_exact_and_ivfpq_reports_recall(ti
     assert run["params"]["search"] == search
     assert _eval([*base, "--out", str(tmp_path / "bad"), "--nprobe", "4"]) == 2
     assert "search 'exact' takes no parameters; unknown parameter(s) nprobe" in capsys.readouterr().err
+
+
+def test_a_failed_eval_leaves_no_empty_folder_and_summarize_names_a_damaged_file(tiny_revisited, tmp_path, capsys):
+    (tiny_revisited / "jpg" / "db_3.jpg").unlink()
+    out = tmp_path / "run"
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(out)]) == 2
+    assert "db_3.jpg" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.json").write_text('{"dataset": "tiny", "easy": {')  # cut while written
+    assert main(["summarize", str(tmp_path / "old")]) == 2
+    assert "old/metrics.json is not a readable metrics.json" in capsys.readouterr().err
+
+
+def test_a_preempted_training_exits_with_its_own_status_and_says_so(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from irlib.data.synthetic import DemoConfig, make_demo_data
+    from irlib.train.engine import Trainer
+
+    data = make_demo_data(
+        tmp_path / "demo", DemoConfig(n_test_landmarks=1, n_train_landmarks=3, n_overlap_landmarks=0), progress=False
+    )
+    out = tmp_path / "run"
+    (tmp_path / "run.yaml").write_text(
+        f"method: gem\nbackbone: efficientnet_lite0\npretrained: false\nloss: cosface\ndata_dir: {data}\n"
+        f"out_dir: {out}\nimage_size: 32\nglobal_batch: 4\nmax_steps: 3\nwarmup_epochs: 0\nchannels_last: false\n"
+    )
+    step = Trainer._optimiser_step
+
+    def preempt_after_the_first_step(self, group):
+        result = step(self, group)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(Trainer, "_optimiser_step", preempt_after_the_first_step)
+    (out).mkdir()
+    (out / ".checkpoint.pt.abc.tmp").write_bytes(b"left by a killed run")
+    assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 75
+    assert "preempted at step 1" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["status"] == "preempted"
+    assert not (out / ".checkpoint.pt.abc.tmp").exists()  # stale temporaries removed on start
+    # a killed run may have logged steps after its last checkpoint: the resumed log holds each step once
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 2, "loss": 1.0}) + "\n")
+    monkeypatch.setattr(Trainer, "_optimiser_step", step)
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--resume", "--set", "log_every=1"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 3
+    assert json.loads((out / "run.json").read_text())["status"] == "done"

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -338,8 +339,16 @@ class FeatureCache:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def load(self, key: str) -> np.ndarray | None:
+        """The cached descriptors, or None when absent; a damaged file (truncated, not ``.npy``) is a miss too,
+        with a warning naming it (the descriptors are computed again and the file replaced)."""
         path = self.root / f"{key}.npy"
-        return np.load(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            warnings.warn(f"feature cache {path} is unreadable ({err}); extracting again", stacklevel=2)
+            return None
 
     def save(self, key: str, array: np.ndarray, meta: dict[str, Any]) -> None:
         save_npy(self.root / f"{key}.npy", array)

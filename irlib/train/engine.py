@@ -332,10 +332,10 @@ class Trainer:
             torch.distributed.barrier()
         return path
 
-    def load(self, path: str | os.PathLike, allow_changes: bool = False) -> None:
+    def load(self, path: str | os.PathLike, allow_changes: bool = False) -> dict[str, list[Any]]:
         """Continue from a checkpoint written by :meth:`save` (strictly: every tensor must match). A field of the
         config that alters training and differs from the checkpoint's raises, unless ``allow_changes``: then the
-        change is recorded (``config_changes``: from which step which values apply)."""
+        change is recorded (``config_changes``: from which step which values apply); returns the changes."""
         state = self._load_weights(path)
         changes = {
             name: [old, new]
@@ -358,6 +358,7 @@ class Trainer:
         np.random.set_state(_numpy_rng_tuple(state["rng"]["numpy"]))
         random.setstate(state["rng"]["python"])
         self.model.bgr_weights = state.get("bgr_weights", False)
+        return changes
 
     def _load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
         """Read a checkpoint written by :meth:`save` and load its model and loss states strictly; returns it."""
@@ -400,10 +401,14 @@ class Trainer:
         """
         check_run_folder(self.out, resume, overwrite)
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.process_rank == 0:
+            for stale in self.out.glob(".*.tmp"):  # atomic writes a killed run left behind
+                stale.unlink(missing_ok=True)
         if resume:
-            self.load(self.out / CHECKPOINT, allow_changes)
-            if self.config_changes and self.config_changes[-1]["step"] == self.step:
-                self._log({"step": self.step, "config_change": self.config_changes[-1]["changes"]})
+            changes = self.load(self.out / CHECKPOINT, allow_changes)
+            self._truncate_log()
+            if changes:
+                self._log({"step": self.step, "config_change": changes})
         else:
             if self.cfg.init_from:
                 source = Path(self.cfg.init_from)
@@ -449,7 +454,7 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
         if self.process_rank == 0 and self.step >= self.total_steps:
             save_checkpoint(self.model, self.out / MODEL)  # descriptor model only, without the loss head
-        return last | {"preempted": self._stop and self.step < self.total_steps}
+        return last | {"step": self.step, "preempted": self._stop and self.step < self.total_steps}
 
     def _optimiser_step(self, group: list[tuple[Tensor, Tensor]]) -> tuple[float, dict[str, float], float]:
         """One optimiser step over the micro-batches of ``group``: (loss, unweighted term values, gradient norm),
@@ -530,6 +535,18 @@ class Trainer:
             self.model.train()
         if self.world_size > 1:
             torch.distributed.barrier()
+
+    def _truncate_log(self) -> None:
+        """Drop the log records of steps after the checkpoint (a killed run logged them, the resumed run logs them
+        again), so ``metrics.jsonl`` holds each step once."""
+        path = self.out / "metrics.jsonl"
+        if self.process_rank != 0 or not path.is_file():
+            return
+        kept = [
+            line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step
+        ]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.process_rank != 0:

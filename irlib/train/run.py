@@ -131,6 +131,7 @@ def train(
                 weights_sha256=sha256_file(weights) if weights.is_file() else None,
                 seconds=round(time.perf_counter() - t0, 3),
             )
+            record["status"] = "preempted" if result.get("preempted") else "done"
             write_run(out, record)
         return result
     finally:

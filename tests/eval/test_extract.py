@@ -141,3 +141,17 @@ def test_the_model_stays_trainable_after_extraction(tiny_revisited, model):
     loss = model(torch.rand(1, 3, 64, 64)).sum()
     loss.backward()  # inference tensors would refuse to take part in autograd
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_damaged_cache_file_is_a_miss_with_a_warning(tiny_revisited, model, tmp_path):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    cfg = ExtractConfig(image_size=48, scales=(1.0,))
+    q, x = extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache", progress=False)
+    for path in (tmp_path / "cache").glob("*.npy"):
+        path.write_bytes(path.read_bytes()[:-8])  # truncated, as by a full disk
+    with pytest.warns(UserWarning, match=r"feature cache .*\.npy is unreadable .*extracting again"):
+        q2, x2 = extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(q2, q)
+    np.testing.assert_array_equal(x2, x)
+    q3, _ = extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache", progress=False)  # rewritten whole
+    np.testing.assert_array_equal(q3, q)
