@@ -17,8 +17,11 @@ What each file is checked against:
 
 - ``gnd_roxford5k.pkl`` / ``gnd_rparis6k.pkl``: a SHA-256 recorded here (see :data:`GND_SHA256`).
 - Google Landmarks v2 tarballs: the MD5 that Google publishes for each of them (``md5sum/<split>/md5.<tar>.txt``).
+- ILIAS ``ilias_core.tar``: the SHA-256 of the official ``checksums.txt`` (``<sha256> <url>`` lines, as the official
+  ``download_ilias.sh`` reads it).
 - Everything else (Oxford/Paris image tarballs, revisitop1m list and tarballs, GLDv2 CSVs, UnED ``info_files.zip``,
-  ILIAS ``ilias_core.tar`` and id lists) has no checksum known to irlib. These are trusted on first use: the first
+  ILIAS id lists) has no published checksum. These are trusted on first use (the manifest says so in each file's
+  ``checked``): the first
   download is checked only against the length the server announces, and its SHA-256 is then recorded in
   ``<root>/.irlib-downloads.json``; a later download of the same file (after it was deleted, or from a mirror) must
   match the recorded digest. This catches a changed or corrupted file on a later download, not a file that was
@@ -110,6 +113,8 @@ class Resource:
         sha256: the expected SHA-256, when known.
         size: the expected size in bytes, when known.
         md5_url: a GLDv2-style MD5 list (``<md5>  <file name>`` lines) to verify the file against.
+        sha256_url: a published SHA-256 list (``<sha256> <file URL or name>`` lines, ILIAS's ``checksums.txt``) to
+            verify the file against.
         extract: unpack the archive (tar, tar.gz/tgz or zip) after downloading it.
         extract_to: the folder, relative to the root, to unpack into.
         flatten: move every regular file of the archive straight into ``extract_to``, without its folders.
@@ -121,6 +126,7 @@ class Resource:
     sha256: str | None = None
     size: int | None = None
     md5_url: str | None = None
+    sha256_url: str | None = None
     extract: bool = False
     extract_to: str = ""
     flatten: bool = False
@@ -144,7 +150,7 @@ GND_SHA256 = {
 }
 """``{dataset: (sha256, size)}`` of ``gnd_<dataset>.pkl``."""
 
-_REVISITOP = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
+_REVISITOP = "https://cmp.felk.cvut.cz/revisitop/data/datasets"  # the host serves UnED over https too
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data"
 _R1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
 _GLD = "https://s3.amazonaws.com/google-landmark"
@@ -200,7 +206,7 @@ DATASETS: dict[str, tuple[Resource, ...]] = {
     ),
     "uned-info": (_archive("https://cmp.felk.cvut.cz/univ_emb/info_files.zip", "uned"),),
     "ilias": (
-        _archive(f"{_ILIAS}/ilias_core.tar", "ilias"),
+        replace(_archive(f"{_ILIAS}/ilias_core.tar", "ilias"), sha256_url=f"{_ILIAS}/checksums.txt"),
         *(Resource(f"{_ILIAS}/image_ids/{name}", f"ilias/image_ids/{name}") for name in _ILIAS_IDS),
     ),
 }
@@ -309,8 +315,17 @@ def download(
             continue
         recorded = manifest.files.get(res.dest, {}).get("sha256")
         sha256, md5 = res.sha256 or recorded, None
+        if res.sha256_url and not res.sha256:
+            published = _published_digest(
+                _mirrored(res.sha256_url, mirror), url, 64, retries=retries, backoff=backoff, timeout=timeout
+            )
+            if recorded is not None and recorded != published:
+                say(f"{res.dest}: the published sha256 replaces the one recorded on first use")
+            sha256 = published
         if res.md5_url and not sha256:
-            md5 = _published_md5(_mirrored(res.md5_url, mirror), url, retries=retries, backoff=backoff, timeout=timeout)
+            md5 = _published_digest(
+                _mirrored(res.md5_url, mirror), url, 32, retries=retries, backoff=backoff, timeout=timeout
+            )
         if not dest.exists():
             say(f"{url} -> {dest}")
         try:
@@ -336,7 +351,8 @@ def download(
         if got.reused:
             say(f"{res.dest}: already there, verified")
         if got.sha256 != recorded:
-            checked = "published sha256" if res.sha256 else f"published md5 {md5}" if md5 else "trust on first use"
+            published_sha = res.sha256 or (sha256 if res.sha256_url else None)
+            checked = "published sha256" if published_sha else f"published md5 {md5}" if md5 else "trust on first use"
             if checked == "trust on first use" and not told_tofu:
                 say(
                     f"note: no checksum is published for some files of {name}; their sha256 is recorded in "
@@ -598,23 +614,28 @@ def _retrying(url: str, attempt: Callable[[], T], *, retries: int, backoff: floa
     raise DownloadError(f"{url}: {last} (gave up after {tries}){kept}") from last
 
 
-def _published_md5(md5_url: str, url: str, *, retries: int, backoff: float, timeout: float) -> str:
-    """The MD5 of ``url``'s file in a ``<md5>  <file name>`` list (a single-line list may omit the name)."""
+def _published_digest(
+    list_url: str, url: str, hex_len: int, *, retries: int, backoff: float, timeout: float
+) -> str:
+    """The digest of ``url``'s file in a published list of ``<hex digest> <file name or URL>`` lines (GLDv2's MD5
+    lists, ILIAS's ``checksums.txt`` of SHA-256; a single-line list may omit the name); ``hex_len``: 32 for MD5,
+    64 for SHA-256."""
 
     def read() -> bytes:
-        request = urllib.request.Request(md5_url, headers={"User-Agent": _USER_AGENT})
+        request = urllib.request.Request(list_url, headers={"User-Agent": _USER_AGENT})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
 
-    text = _retrying(md5_url, read, retries=retries, backoff=backoff).decode("utf-8", "replace")
+    text = _retrying(list_url, read, retries=retries, backoff=backoff).decode("utf-8", "replace")
     entries = [line.split(maxsplit=1) for line in text.splitlines() if line.strip()]
     name = url.rsplit("/", 1)[1]
     for fields in entries:
-        if re.fullmatch(r"[0-9a-fA-F]{32}", fields[0]) and (
+        if re.fullmatch(rf"[0-9a-fA-F]{{{hex_len}}}", fields[0]) and (
             len(entries) == 1 or PurePosixPath(fields[-1].lstrip("*").strip()).name == name
         ):
             return fields[0].lower()
-    raise DownloadError(f"{md5_url}: no MD5 of {name} in it")
+    kind = "MD5" if hex_len == 32 else "SHA-256"
+    raise DownloadError(f"{list_url}: no {kind} of {name} in it")
 
 
 class _Manifest:
@@ -622,7 +643,15 @@ class _Manifest:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        try:
+            data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DownloadError(
+                f"{path} (the download manifest) is damaged ({err}): move it aside and run again; files with a "
+                f"published checksum are verified again, the others are trusted anew on first use"
+            ) from None
+        if not isinstance(data, dict):
+            raise DownloadError(f"{path} (the download manifest) does not hold a JSON object")
         self.files: dict[str, dict[str, Any]] = data.get("files", {})
         self.extracted: dict[str, dict[str, Any]] = data.get("extracted", {})
 

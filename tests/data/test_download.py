@@ -499,7 +499,11 @@ def test_ilias_core_and_id_lists_from_a_mirror(server, tmp_path):
         "text_query_ids.txt": b"bold_bimp_000/query/T000\n",
         "positive_ids.txt": b"bold_bimp_000/pos/P000_00.jpg,0.25,1\n",
     }
-    server.serve("/ilias_data/ilias_core.tar", _tar(core, mode="w"))
+    tar = _tar(core, mode="w")
+    server.serve("/ilias_data/ilias_core.tar", tar)
+    checksums = f"{_sha(b'other')} https://vrg.fel.cvut.cz/ilias_data/yfcc100m/yfcc100m_000.tar\n"
+    checksums += f"{_sha(tar)} https://vrg.fel.cvut.cz/ilias_data/ilias_core.tar\n"  # the official format
+    server.serve("/ilias_data/checksums.txt", checksums.encode())
     for name, text in ids.items():
         server.serve(f"/ilias_data/image_ids/{name}", text)
     folder = download("ilias", tmp_path, mirror=server.url, log=None, **FAST)
@@ -510,7 +514,20 @@ def test_ilias_core_and_id_lists_from_a_mirror(server, tmp_path):
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["extracted"]["ilias/ilias_core.tar"] == {"into": "ilias", "files": 5}
     assert manifest["files"]["ilias/image_ids/positive_ids.txt"]["checked"] == "trust on first use"
+    assert manifest["files"]["ilias/ilias_core.tar"]["checked"] == "published sha256"  # from checksums.txt
     assert DATASETS["ilias"][0].url == "https://vrg.fel.cvut.cz/ilias_data/ilias_core.tar"
+    # a core archive that is not the published one is refused
+    server.serve(
+        "/ilias_data/checksums.txt", f"{_sha(b'x')} https://vrg.fel.cvut.cz/ilias_data/ilias_core.tar\n".encode()
+    )
+    with pytest.raises(ChecksumError):
+        download("ilias", tmp_path / "again", mirror=server.url, log=None, **FAST)
+
+
+def test_a_damaged_manifest_is_named(server, tmp_path):
+    (tmp_path / MANIFEST).write_text('{"version": 1, "files": {')
+    with pytest.raises(DownloadError, match=r"irlib-downloads.json \(the download manifest\) is damaged"):
+        download("ilias", tmp_path, mirror=server.url, log=None, **FAST)
 
 
 @pytest.mark.parametrize(
