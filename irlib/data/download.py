@@ -614,9 +614,7 @@ def _retrying(url: str, attempt: Callable[[], T], *, retries: int, backoff: floa
     raise DownloadError(f"{url}: {last} (gave up after {tries}){kept}") from last
 
 
-def _published_digest(
-    list_url: str, url: str, hex_len: int, *, retries: int, backoff: float, timeout: float
-) -> str:
+def _published_digest(list_url: str, url: str, hex_len: int, *, retries: int, backoff: float, timeout: float) -> str:
     """The digest of ``url``'s file in a published list of ``<hex digest> <file name or URL>`` lines (GLDv2's MD5
     lists, ILIAS's ``checksums.txt`` of SHA-256; a single-line list may omit the name); ``hex_len``: 32 for MD5,
     64 for SHA-256."""

@@ -267,11 +267,15 @@ def extract_descriptors(
     dataset: str | None = None,
     desc: str = "extract",
     progress: bool = True,
+    out: np.ndarray | None = None,
+    done: np.ndarray | None = None,
 ) -> np.ndarray:
     """Descriptors ``(len(paths), D)`` (float32, or float16 with ``cfg.fp16``) of images, cropped to ``boxes``.
 
     The model maps ``(B, 3, H, W)`` images normalised with ``model.data_config`` (``mean``/``std``, RGB) to
-    ``(B, D)`` descriptors, ``D = model.feat_dim``.
+    ``(B, D)`` descriptors, ``D = model.feat_dim``. With ``out`` and ``done`` (a boolean mask per image, set batch
+    by batch), only the images not done are extracted, into ``out``: an extraction that fails keeps what it had
+    finished (:class:`FeatureCache` saves it).
     """
     if boxes is not None and len(boxes) != len(paths):
         raise ValueError(f"{len(boxes)} boxes for {len(paths)} images")
@@ -282,11 +286,15 @@ def extract_descriptors(
     nhwc = cfg.channels_last and to_channels_last(model)
     memory_format = torch.channels_last if nhwc else torch.contiguous_format
     images = _Images([Path(p) for p in paths], boxes, cfg, data_config["mean"], data_config["std"], dataset)
-    loader = DataLoader(images, batch_size=None, num_workers=cfg.num_workers)
-    out = np.empty((len(paths), model.feat_dim), dtype=np.float16 if cfg.fp16 else np.float32)
+    if out is None:
+        out = np.empty((len(paths), model.feat_dim), dtype=np.float16 if cfg.fp16 else np.float32)
+    if done is None:
+        done = np.zeros(len(paths), dtype=bool)
+    todo = np.flatnonzero(~done).tolist()
+    loader = DataLoader(images, batch_size=None, sampler=todo, num_workers=cfg.num_workers)
     # Only the forward passes run in inference mode: parameters moved or re-laid out inside it would become
     # inference tensors, and the model could not be trained (or explained with gradients) afterwards.
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar, torch.inference_mode():
+    with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress) as bar, torch.inference_mode():
         for idx, xs in _same_size_batches(iter(loader), cfg.resolved_batch_size()):
             d = multiscale_descriptor(
                 model,
@@ -296,6 +304,7 @@ def extract_descriptors(
                 memory_format=memory_format,
             )
             out[idx] = d.float().cpu().numpy()
+            done[idx] = True
             bar.update(len(idx))
     model.train(was_training)
     return out
@@ -308,6 +317,15 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _image_states(paths: Sequence[Path]) -> np.ndarray:
+    """Each image's ``"size|mtime_ns"`` (``"missing"`` when absent): what tells a changed file."""
+    states = []
+    for p in paths:
+        st = Path(p).stat() if Path(p).exists() else None
+        states.append(f"{st.st_size}|{st.st_mtime_ns}" if st else "missing")
+    return np.array(states)
 
 
 def _images_fingerprint(paths: Sequence[Path], boxes: Sequence[Sequence[float] | None] | None) -> str:
@@ -354,6 +372,42 @@ class FeatureCache:
         save_npy(self.root / f"{key}.npy", array)
         write_json(self.root / f"{key}.json", meta)
 
+    @staticmethod
+    def partial_key(
+        weights: str, paths: Sequence[Path], boxes: Sequence[Sequence[float] | None] | None, cfg: ExtractConfig
+    ) -> str:
+        """Key of an unfinished extraction: as :meth:`key` but over the image names only, so that fixing one image
+        (which changes its size or time) still finds the rows of the others."""
+        names = [str(Path(p).resolve()) for p in paths]
+        parts = {"model": weights, "settings": cfg.settings(), "images": names, "boxes": boxes}
+        return "partial-" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def resume(self, key: str, paths: Sequence[Path], dim: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """``(descriptors, done)`` of an unfinished extraction under partial ``key``: the rows of images that are
+        unchanged since (size and time) count as done; fresh arrays when there is none."""
+        out, done = np.empty((len(paths), dim), dtype=dtype), np.zeros(len(paths), dtype=bool)
+        rows, record = self.root / f"{key}.npy", self.root / f"{key}.json"
+        if rows.is_file() and record.is_file():
+            try:
+                saved, meta = np.load(rows, allow_pickle=False), json.loads(record.read_text())
+            except (ValueError, OSError) as err:
+                warnings.warn(f"unfinished extraction {rows} is unreadable ({err}); starting over", stacklevel=2)
+                return out, done
+            if saved.shape == out.shape and saved.dtype == out.dtype:
+                same = np.array(meta["done"], dtype=bool) & (np.array(meta["images"]) == _image_states(paths))
+                out[same], done[same] = saved[same], True
+        return out, done
+
+    def keep(self, key: str, paths: Sequence[Path], out: np.ndarray, done: np.ndarray) -> None:
+        """Save an unfinished extraction under partial ``key`` (rows, which are done, and the images' states)."""
+        save_npy(self.root / f"{key}.npy", out)
+        write_json(self.root / f"{key}.json", {"done": done.tolist(), "images": _image_states(paths).tolist()})
+
+    def drop(self, key: str) -> None:
+        """Remove the unfinished extraction under partial ``key`` (it finished)."""
+        for suffix in (".npy", ".json"):
+            (self.root / f"{key}{suffix}").unlink(missing_ok=True)
+
 
 def extract_revisited(
     model: RetrievalModel,
@@ -383,17 +437,30 @@ def extract_revisited(
         key = cache.key(weights, paths, part_boxes, cfg) if cache else None
         feats = cache.load(key) if cache else None
         if feats is None:
-            feats = extract_descriptors(
-                model,
-                paths,
-                boxes=part_boxes,
-                cfg=cfg,
-                dataset=dataset.name,
-                desc=f"{dataset.name} {name}",
-                progress=progress,
-            )
+            out = done = partial = None
+            if cache:
+                partial = cache.partial_key(weights, paths, part_boxes, cfg)
+                dtype = np.dtype(np.float16 if cfg.fp16 else np.float32)
+                out, done = cache.resume(partial, paths, model.feat_dim, dtype)
+            try:
+                feats = extract_descriptors(
+                    model,
+                    paths,
+                    boxes=part_boxes,
+                    cfg=cfg,
+                    dataset=dataset.name,
+                    desc=f"{dataset.name} {name}",
+                    progress=progress,
+                    out=out,
+                    done=done,
+                )
+            except BaseException:
+                if cache and done.any():  # a rerun after the failing image is fixed starts where this one stopped
+                    cache.keep(partial, paths, out, done)
+                raise
             if cache:
                 meta = {"dataset": dataset.name, "part": name, "n": len(paths), "settings": cfg.settings()}
                 cache.save(key, feats, meta | {"model": model.config})
+                cache.drop(partial)
         parts.append(feats)
     return parts[0], parts[1]

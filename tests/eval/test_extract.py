@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -155,3 +156,29 @@ def test_a_damaged_cache_file_is_a_miss_with_a_warning(tiny_revisited, model, tm
     np.testing.assert_array_equal(x2, x)
     q3, _ = extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache", progress=False)  # rewritten whole
     np.testing.assert_array_equal(q3, q)
+
+
+def test_an_extraction_that_fails_keeps_its_rows_and_a_rerun_extracts_only_the_rest(
+    tiny_revisited, model, tmp_path, monkeypatch
+):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    cfg = ExtractConfig(image_size=48, scales=(1.0,), batch_size=1)
+    q_full, x_full = extract_revisited(model, ds, cfg, progress=False)
+    broken = ds.db_paths[3]
+    good_bytes = broken.read_bytes()
+    broken.write_bytes(good_bytes[:40])  # a truncated file, as from an interrupted copy
+    with pytest.raises(ImageLoadError, match=r"db_3\.jpg"):
+        extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert len(list((tmp_path / "cache").glob("partial-*.npy"))) == 1  # the queries finished; db rows 0-2 kept
+
+    broken.write_bytes(good_bytes)
+    changed = ds.db_paths[1].stat()  # an image changed since its row was kept is extracted again
+    os.utime(ds.db_paths[1], ns=(changed.st_atime_ns, changed.st_mtime_ns + 10**9))
+    loaded: list[str] = []
+    load = _Images.load
+    monkeypatch.setattr(_Images, "load", lambda self, i: loaded.append(self.paths[i].name) or load(self, i))
+    q, x = extract_revisited(model, ds, cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert sorted(loaded) == ["db_1.jpg", "db_3.jpg", "db_4.jpg", "db_5.jpg"]
+    np.testing.assert_array_equal(q, q_full)
+    np.testing.assert_array_equal(x, x_full)
+    assert not list((tmp_path / "cache").glob("partial-*"))  # finished: the unfinished record is gone
