@@ -95,17 +95,22 @@ class _DataUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_data_pickle(path: str | os.PathLike, what: str = "data") -> Any:
+def load_data_pickle(path: str | os.PathLike, what: str = "data", fix: str = "replace it") -> Any:
     """Unpickle a *data* file without running code: only dicts, lists, tuples, strings, numbers, NumPy arrays and
     scalars (:data:`SAFE_PICKLE_GLOBALS`) are rebuilt. A file that asks for anything else (a crafted pickle runs
-    code through such objects), an empty, truncated or non-pickle file raises ValueError naming the file and
-    ``what`` it should be."""
+    code through such objects), an empty, truncated or non-pickle file raises ValueError naming the file, ``what``
+    it should be and ``fix``, what to do."""
     try:
         with open(path, "rb") as f:
             return _DataUnpickler(f).load()
     except pickle.UnpicklingError as err:
         if "asks to load" in str(err):
-            raise ValueError(f"{path}: refused: {err}, which {what} never holds (a pickle can run code)") from None
-        raise ValueError(f"{path} is not a readable {what} (not a pickle, or damaged: {err})") from None
+            raise ValueError(
+                f"{path}: refused: {err}, which {what} never holds (a pickle can run code); {fix}"
+            ) from None
+        reason = "truncated" if "truncated" in str(err) else "not a pickle, or damaged"
+        raise ValueError(f"{path} is not a readable {what} ({reason}: {err}); {fix}") from None
     except (EOFError, ValueError, TypeError, IndexError, AttributeError, MemoryError) as err:
-        raise ValueError(f"{path} is not a readable {what} (empty or truncated: {type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"{path} is not a readable {what} (empty or truncated: {type(err).__name__}: {err}); {fix}"
+        ) from None

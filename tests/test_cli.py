@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import subprocess
 import sys
 
@@ -308,3 +309,56 @@ def test_a_preempted_training_exits_with_its_own_status_and_says_so(tmp_path, mo
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 3
     assert json.loads((out / "run.json").read_text())["status"] == "done"
+
+
+class _Payload:
+    """Unpickling this touches ``path`` (a stand-in for ``os.system``)."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.path),)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "empty or truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:30]), "truncated"),
+        (lambda p: p.write_text("imlist: [a, b]\n"), "not a pickle, or damaged"),
+        (lambda p: p.write_bytes(pickle.dumps(_Payload(p.parent / "ran"))), "refused"),
+    ],
+    ids=["empty", "truncated", "text", "crafted"],
+)
+def test_a_bad_ground_truth_file_is_one_line_naming_it(tiny_revisited, tmp_path, capsys, damage, message):
+    damage(tiny_revisited / "gnd_tiny.pkl")
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "gnd_tiny.pkl" in err and message in err and "write it again" in err
+    assert not (tiny_revisited / "ran").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_text("layer1.weight: 0.5\n"), "not a PyTorch"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
+    ],
+    ids=["zero-byte", "text", "truncated"],
+)
+def test_a_bad_weights_file_is_one_line_naming_it(tiny_revisited, tmp_path, capsys, damage, message):
+    import torch
+
+    from irlib.models import create_model
+
+    weights = tmp_path / "model.pth"
+    torch.save(create_model("gem", backbone="efficientnet_lite0").state_dict(), weights)
+    damage(weights)
+    args = ["--dataset-dir", str(tiny_revisited), "--weights", str(weights), "--out", str(tmp_path / "run")]
+    assert _eval(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "model.pth" in err and message in err, err

@@ -106,8 +106,16 @@ class RevisitedDataset:
         path = root / f"gnd_{name}.pkl"
         if not path.is_file():
             raise FileNotFoundError(f"ground truth {path} does not exist (expected gnd_<name>.pkl and jpg/ in {root})")
-        cfg = load_data_pickle(path, "revisited ground truth (gnd_<name>.pkl)")
-        _note_unofficial(path, name)
+        official = _official_gnd_sha256(name)
+        fix = f"download it again (python -m irlib download {name})" if official else "write it again"
+        cfg = load_data_pickle(path, "revisited ground truth (gnd_<name>.pkl)", fix)
+        if official and sha256_file(path) != official:
+            warnings.warn(
+                f"{path} is not the official {name} ground truth (its SHA-256 differs from the published file's): "
+                f"numbers computed with it are not comparable with published ones; `python -m irlib download {name}` "
+                f"fetches the official file",
+                stacklevel=2,
+            )
         return cls(name=name, root=root, **_parse(cfg, path))
 
     @classmethod
@@ -228,17 +236,11 @@ class Distractors:
         return cls(name=name, paths=[p for n, p in zip(names, paths, strict=True) if n not in kept], missing=missing)
 
 
-def _note_unofficial(path: Path, name: str) -> None:
-    """Warn when ``gnd_<name>.pkl`` of an official set (ROxford5k, RParis6k) is not the published file."""
-    from irlib.data.download import GND_SHA256
+def _official_gnd_sha256(name: str) -> str | None:
+    """The published SHA-256 of ``gnd_<name>.pkl`` for an official set (ROxford5k, RParis6k), else None."""
+    from irlib.data.download import GND_SHA256  # the download table sits above the dataset readers
 
-    if name in GND_SHA256 and sha256_file(path) != GND_SHA256[name][0]:
-        warnings.warn(
-            f"{path} is not the official {name} ground truth (its SHA-256 differs from the published file's): "
-            f"numbers computed with it are not comparable with published ones; `python -m irlib download {name}` "
-            f"fetches the official file",
-            stacklevel=3,
-        )
+    return GND_SHA256[name][0] if name in GND_SHA256 else None
 
 
 def _parse(cfg: Any, path: Path) -> dict[str, Any]:

@@ -203,12 +203,15 @@ def load_torch_file(path: str | os.PathLike, what: str, map_location: Any = "cpu
         if "Weights only load failed" in str(err) and "Unsupported global" in str(err):
             raise ValueError(
                 f"{os.fspath(path)}: refused: it holds Python objects beyond tensors and plain values, which a {what} "
-                f"never needs (loading them could run code)"
+                f"never needs (loading them could run code); save the state dict alone (torch.save(model.state_dict()))"
             ) from None
-        raise ValueError(f"{os.fspath(path)} is not a readable {what} (not a PyTorch file, or damaged)") from None
+        raise ValueError(
+            f"{os.fspath(path)} is not a readable {what} (not a PyTorch file, or damaged); save or copy it again"
+        ) from None
     except Exception as err:  # torch's parsers fail on damaged files in many ways (EOFError, IndexError, ...)
         raise ValueError(
-            f"{os.fspath(path)} is not a readable {what} (empty or truncated: {type(err).__name__}: {err})"
+            f"{os.fspath(path)} is not a readable {what} (empty or truncated: {type(err).__name__}: {err}); "
+            "save or copy it again"
         ) from None
 
 
