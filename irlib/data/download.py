@@ -152,7 +152,7 @@ GND_SHA256 = {
 
 _REVISITOP = "https://cmp.felk.cvut.cz/revisitop/data/datasets"  # the host serves UnED over https too
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data"
-_R1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
+_R1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"  # revisitop publishes this host over http only
 _GLD = "https://s3.amazonaws.com/google-landmark"
 _ILIAS = "https://vrg.fel.cvut.cz/ilias_data"  # ilias-vrg/ilias download/download_ilias.sh
 _ILIAS_IDS = ("image_query_ids.txt", "text_query_ids.txt", "positive_ids.txt")
