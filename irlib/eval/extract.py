@@ -328,21 +328,12 @@ def _image_states(paths: Sequence[Path]) -> np.ndarray:
     return np.array(states)
 
 
-def _images_fingerprint(paths: Sequence[Path], boxes: Sequence[Sequence[float] | None] | None) -> str:
-    h = hashlib.sha256()
-    for i, p in enumerate(paths):
-        st = p.stat() if p.exists() else None
-        h.update(f"{p.resolve()}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}|".encode())
-        if boxes is not None:
-            h.update(repr(boxes[i]).encode())
-    return h.hexdigest()
-
-
 class FeatureCache:
     """Descriptors on disk under ``root/<key>.npy`` with ``<key>.json`` describing them.
 
     The key hashes the model weights, the descriptor-defining settings and the images (path, size, mtime, box), so
-    changing any of them extracts anew.
+    changing any of them extracts anew. An extraction that fails keeps its finished rows under a ``partial-`` key
+    (:meth:`keep`, :meth:`resume`).
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -350,11 +341,23 @@ class FeatureCache:
 
     @staticmethod
     def key(
-        weights: str, paths: Sequence[Path], boxes: Sequence[Sequence[float] | None] | None, cfg: ExtractConfig
+        weights: str,
+        paths: Sequence[Path],
+        boxes: Sequence[Sequence[float] | None] | None,
+        cfg: ExtractConfig,
+        *,
+        partial: bool = False,
     ) -> str:
-        """Cache key of descriptors from weights ``model_fingerprint(model)`` of ``paths`` with ``boxes``."""
-        parts = {"model": weights, "settings": cfg.settings(), "images": _images_fingerprint(paths, boxes)}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+        """Cache key of descriptors from weights ``model_fingerprint(model)`` of ``paths`` with ``boxes``;
+        ``partial``: the key of an unfinished extraction, over the image names only, so that fixing one image (which
+        changes its size or time) still finds the rows of the others."""
+        images = [str(Path(p).resolve()) for p in paths]
+        if not partial:
+            images = [f"{name}|{state}" for name, state in zip(images, _image_states(paths), strict=True)]
+        boxes_ = None if boxes is None else [repr(b) for b in boxes]
+        parts = {"model": weights, "settings": cfg.settings(), "images": images, "boxes": boxes_}
+        digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+        return f"partial-{digest}" if partial else digest
 
     def load(self, key: str) -> np.ndarray | None:
         """The cached descriptors, or None when absent; a damaged file (truncated, not ``.npy``) is a miss too,
@@ -371,16 +374,6 @@ class FeatureCache:
     def save(self, key: str, array: np.ndarray, meta: dict[str, Any]) -> None:
         save_npy(self.root / f"{key}.npy", array)
         write_json(self.root / f"{key}.json", meta)
-
-    @staticmethod
-    def partial_key(
-        weights: str, paths: Sequence[Path], boxes: Sequence[Sequence[float] | None] | None, cfg: ExtractConfig
-    ) -> str:
-        """Key of an unfinished extraction: as :meth:`key` but over the image names only, so that fixing one image
-        (which changes its size or time) still finds the rows of the others."""
-        names = [str(Path(p).resolve()) for p in paths]
-        parts = {"model": weights, "settings": cfg.settings(), "images": names, "boxes": boxes}
-        return "partial-" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def resume(self, key: str, paths: Sequence[Path], dim: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """``(descriptors, done)`` of an unfinished extraction under partial ``key``: the rows of images that are
@@ -439,7 +432,7 @@ def extract_revisited(
         if feats is None:
             out = done = partial = None
             if cache:
-                partial = cache.partial_key(weights, paths, part_boxes, cfg)
+                partial = cache.key(weights, paths, part_boxes, cfg, partial=True)
                 dtype = np.dtype(np.float16 if cfg.fp16 else np.float32)
                 out, done = cache.resume(partial, paths, model.feat_dim, dtype)
             try:
