@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -17,6 +18,7 @@ from irlib.data.revisited import CROP_MODES, Distractors
 from irlib.eval.extract import PRESETS, ExtractConfig, preset
 from irlib.eval.rerank import RERANKERS
 from irlib.eval.search import SEARCHES
+from irlib.eval.universal import BENCHMARKS, Benchmark, load_benchmark
 
 
 def _scale(text: str) -> float:
@@ -121,11 +123,26 @@ def _distractors(args: argparse.Namespace, list_file: str = "revisitop1m.txt") -
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on a revisited-format dataset (Easy/Medium/Hard)")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on a revisited-format dataset (Easy/Medium/Hard) or a universal benchmark "
+        f"({', '.join(BENCHMARKS.names())}) with its official protocol",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--dataset-dir", type=Path, help="folder with gnd_<name>.pkl and jpg/")
     where.add_argument("--data-root", type=Path, help="folder holding <dataset>/ (with --dataset)")
-    p.add_argument("--dataset", help="dataset name under --data-root, e.g. roxford5k")
+    p.add_argument(
+        "--dataset",
+        help=f"dataset under --data-root: a revisited one (e.g. roxford5k) or {', '.join(BENCHMARKS.names())}",
+    )
+    p.add_argument("--protocol", choices=("merged", "separate"), help="uned: merged index (default) or per domain")
+    p.add_argument("--domains", nargs="+", help="uned: the domains to evaluate (default all)")
+    p.add_argument("--query-boxes", action="store_true", help="ilias: crop queries to their first box (default full)")
+    p.add_argument(
+        "--database-features",
+        type=Path,
+        help="universal benchmarks: the database descriptors from `irlib extract --dataset NAME` (same model)",
+    )
     _add_distractor_args(p, required=False)
     _add_model_args(p)
     _add_pipeline_args(p)
@@ -177,6 +194,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.data_root is not None and not args.dataset:
         raise SystemExit("irlib eval: --data-root needs --dataset NAME")
+    if args.dataset in BENCHMARKS:
+        return _run_benchmark_eval(args)
     folder = args.dataset_dir if args.dataset_dir is not None else Path(args.data_root) / args.dataset
     dataset = load_dataset("revisited", folder, name=args.dataset)
     if args.distractors is not None:
@@ -220,14 +239,72 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+_BENCHMARK_OPTIONS = {"protocol": "--protocol", "domains": "--domains", "query_boxes": "--query-boxes"}
+
+
+def _benchmark(args: argparse.Namespace) -> Benchmark:
+    """The universal benchmark ``--dataset`` under ``--data-root`` (or ``--dataset-dir``) with the options given."""
+    options = {k: getattr(args, k, None) for k in _BENCHMARK_OPTIONS if getattr(args, k, None) not in (None, False)}
+    takes = inspect.signature(BENCHMARKS.get(args.dataset)).parameters
+    wrong = [_BENCHMARK_OPTIONS[k] for k in options if k not in takes]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} does not apply to {args.dataset}")
+    root = args.data_root if args.data_root is not None else getattr(args, "dataset_dir", None)
+    return load_benchmark(args.dataset, root, **options)
+
+
+def _run_benchmark_eval(args: argparse.Namespace) -> int:
+    from irlib.eval.pipeline import prepare_out_dir, save_result, summary_table
+    from irlib.eval.universal import evaluate_benchmark
+
+    revisited_only = {
+        "--distractors": args.distractors,
+        "--distractor-features": args.distractor_features,
+        "--rerank": args.rerank,
+        "--dba": args.dba,
+        "--no-crop": args.no_crop,
+    }
+    given = [flag for flag, value in revisited_only.items() if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to revisited datasets, not to {args.dataset}")
+    bench = _benchmark(args)
+    if args.preset is None:
+        args.preset = bench.preset
+    cfg = _extract_config(args, crop_mode=args.crop_mode, fp16=args.fp16 or None)
+    model = _create_model(args)
+    created = not args.out.exists()
+    out = prepare_out_dir(args.out, force=args.force)
+    try:
+        result = evaluate_benchmark(
+            model,
+            bench,
+            cfg,
+            cache_dir=args.cache_dir,
+            database_features=args.database_features,
+            search=args.search,
+            search_params=_search_options(args),
+        )
+        save_result(result, out)
+    except BaseException:
+        if created and not any(out.iterdir()):  # leave no empty folder behind a failed run
+            out.rmdir()
+        raise
+    print(summary_table({f"{args.method}/{args.backbone}": result.metrics}).round(2).to_string())
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "extract",
-        help="extract distractor descriptors into resumable fp16 chunks "
+        help="extract distractor (R1M) or benchmark database descriptors into resumable fp16 chunks "
         "(one process, or `torchrun --nproc_per_node=N -m irlib extract ...`)",
     )
-    _add_distractor_args(p, required=True)
+    _add_distractor_args(p, required=False)
     p.add_argument("--list-file", default="revisitop1m.txt", help="image list inside --distractors")
+    p.add_argument("--data-root", type=Path, help="instead of --distractors: the root of --dataset")
+    p.add_argument("--dataset", choices=BENCHMARKS.names(), help="extract this benchmark's database (with --data-root)")
+    p.add_argument("--domains", nargs="+", help="uned: the domains whose index to extract (default all)")
     p.add_argument("--out", type=Path, required=True, help="feature folder; rerun the same command to resume")
     _add_model_args(p)
     _add_pipeline_args(p)
@@ -241,11 +318,17 @@ def _run_extract(args: argparse.Namespace) -> int:
     from irlib.eval.shards import extract_sharded, read_meta
     from irlib.train.run import init_distributed
 
-    distractors = _distractors(args, args.list_file)
+    if (args.distractors is None) == (args.dataset is None) or (args.dataset is None) != (args.data_root is None):
+        raise SystemExit("irlib extract: give either --distractors or --data-root with --dataset")
+    if args.dataset is not None:
+        bench = _benchmark(args)
+        images, args.preset = bench.database_images, args.preset or bench.preset
+    else:
+        images = _distractors(args, args.list_file).paths
     cfg = _extract_config(args)
     started = init_distributed()
     try:
-        path = extract_sharded(_create_model(args), distractors.paths, args.out, cfg, chunk_size=args.chunk_size)
+        path = extract_sharded(_create_model(args), images, args.out, cfg, chunk_size=args.chunk_size)
         if not dist.is_initialized() or dist.get_rank() == 0:
             meta = read_meta(args.out)
             print(f"wrote {path}: {meta['n_images']} x {meta['dim']} float16")

@@ -9,23 +9,57 @@ the instance of an id is ``id.split('/')[0]``. Bbox files hold one or more lines
 in pixels (xywh); they are returned as ``(n, 4)`` float arrays of **x1 y1 x2 y2** with ``x2 = x + w`` and
 ``y2 = y + h`` (no -1), the order of revisitop boxes. Every image query needs a bbox file; a positive may lack one
 (then its boxes are ``(0, 4)``). The database is the positives followed by the distractors; queries are never in it.
+
+Distractors are YFCC100M images in webdataset tar shards (``<ilias>/yfcc100m/*.tar``, ``download_ilias.sh``), read in
+place as :class:`~irlib.data.images.TarMember` references. A member's webdataset key is its name up to the first dot
+of its file name (webdataset ``tariterators.base_plus_ext``) and its distractor id is ``<shard file name>/<key>``, the
+shard name *with* its ``.tar``: ``generators.py:44-52`` joins ``os.path.basename`` of the shard path and the key.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
-from collections.abc import Iterable
+import tarfile
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-__all__ = ["IliasDataset", "IliasIdFiles", "IliasImage", "IliasTextQuery", "read_bbox_file", "read_id_files"]
+from irlib.data.images import ImageRef, TarMember
+from irlib.io import write_json
+
+__all__ = [
+    "DISTRACTOR_DIR",
+    "MINI_ILIAS_IDS",
+    "IliasDataset",
+    "IliasIdFiles",
+    "IliasImage",
+    "IliasTextQuery",
+    "index_shards",
+    "read_bbox_file",
+    "read_id_files",
+    "select_distractors",
+    "shard_members",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TEXT_RE = re.compile(r"T\d+\.txt")
+
+DISTRACTOR_DIR = "yfcc100m"
+"""Folder of the YFCC100M shards beside ``ilias_core`` (``download/download_ilias.sh:57-59``)."""
+MINI_ILIAS_IDS = "mini_ilias_yfcc100m_ids.txt"
+"""The mini-ILIAS distractor list in ``image_ids/`` (``feature_extraction/README.md``, mini-ILIAS)."""
+SHARD_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+INDEX_DIR = ".irlib-index"
+_INDEX_FORMAT = 1
+_KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset tariterators.base_plus_ext
+_META_RE = re.compile(r"__[^/]*__($|/)")  # webdataset tar_file_iterator skip_meta
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +82,8 @@ class IliasTextQuery:
 
 @dataclass(frozen=True, eq=False)
 class IliasDataset:
-    """The ILIAS core set read by :meth:`from_dir`; ``distractor_ids`` is empty unless a list was given."""
+    """The ILIAS core set read by :meth:`from_dir`, with distractors when asked: ``distractor_ids`` (empty unless a
+    list or shards were given) and, when read from shards, their images ``distractors`` (one per id)."""
 
     root: Path
     instances: tuple[str, ...]
@@ -57,6 +92,7 @@ class IliasDataset:
     positives: tuple[IliasImage, ...]
     distractor_ids: tuple[str, ...] = ()
     id_files: IliasIdFiles | None = None
+    distractors: tuple[TarMember, ...] = ()
 
     @classmethod
     def from_dir(
@@ -64,16 +100,26 @@ class IliasDataset:
         root: str | os.PathLike,
         distractor_ids: str | os.PathLike | None = None,
         id_dir: str | os.PathLike | None = None,
+        *,
+        distractor_shards: str | os.PathLike | None = None,
+        index_dir: str | os.PathLike | None = None,
+        progress: bool = True,
     ) -> IliasDataset:
-        """Scan ``root`` (instances sorted by name, files by name); ``distractor_ids`` is an optional id list, one id
-        per line, plain or gzipped (``distractor_ids.txt.gz``, ids ``<shard>/<key>``).
+        """Scan ``root`` (instances sorted by name, files by name), and the distractors if asked.
+
+        ``distractor_ids``: an id list, one id per line (CSV: column 0), plain or gzipped (``distractor_ids.txt.gz``,
+        ids ``<shard>.tar/<key>``; ``mini_ilias_yfcc100m_ids.txt``). Alone, only the ids are kept (for descriptors
+        extracted elsewhere). ``distractor_shards``: a folder of webdataset shards (``<ilias>/yfcc100m``), indexed
+        by :func:`index_shards` (``index_dir``: where its per-shard index lives); the distractors are its images in
+        shard order, or those of ``distractor_ids`` in list order (see :func:`select_distractors`).
 
         ``id_dir``: the official ``image_ids/`` folder; its query and positive lists must name exactly the files
         found on disk (see :func:`read_id_files`), and the positives' scale and clutter are kept in ``id_files``.
 
         Raises FileNotFoundError for a missing folder or query bbox file and ValueError, naming the file, for a
         malformed bbox or text file, an unexpected file, a bbox file without its image, an instance without image
-        query or positive, and a distractor id listed twice or equal to a core image id.
+        query or positive, a distractor id listed twice or equal to a core image id, and a listed id that is in no
+        shard.
         """
         root = Path(root)
         if (root / "ilias_core").is_dir():
@@ -92,12 +138,31 @@ class IliasDataset:
             texts += instance_texts
             pos, _ = _scan(root, instance, "pos")
             positives += pos
-        distractors = () if distractor_ids is None else _read_distractors(Path(distractor_ids), queries + positives)
+        members: tuple[TarMember, ...] = ()
+        if distractor_shards is not None:
+            index = index_shards(distractor_shards, index_dir=index_dir, progress=progress)
+            if distractor_ids is None:
+                distractors, members = tuple(index), tuple(index.values())
+            else:
+                distractors, members = select_distractors(index, distractor_ids)
+        elif distractor_ids is not None:
+            distractors = _read_distractors(Path(distractor_ids), queries + positives)
+        else:
+            distractors = ()
         ids = None
         if id_dir is not None:
             ids = read_id_files(id_dir)
             _cross_check(ids, queries, texts, positives, root)
-        return cls(root, instances, tuple(queries), tuple(texts), tuple(positives), distractors, ids)
+        return cls(
+            root,
+            instances,
+            tuple(queries),
+            tuple(texts),
+            tuple(positives),
+            distractor_ids=distractors,
+            id_files=ids,
+            distractors=members,
+        )
 
     def positives_of(self, instance: str) -> list[str]:
         """Ids of the positives of ``instance`` (its ground truth)."""
@@ -106,6 +171,16 @@ class IliasDataset:
     def database_ids(self) -> list[str]:
         """The database: positive ids, then distractor ids."""
         return [p.id for p in self.positives] + list(self.distractor_ids)
+
+    def database_images(self) -> list[ImageRef]:
+        """The images of :meth:`database_ids`: positive files, then distractor tar members. Raises ValueError when
+        the distractors are ids only (read from a list without ``distractor_shards``)."""
+        if len(self.distractors) != len(self.distractor_ids):
+            raise ValueError(
+                f"{len(self.distractor_ids)} distractor ids have no images: they were read from a list alone; "
+                "pass distractor_shards=<the folder of the YFCC100M .tar shards> to read their images"
+            )
+        return [self.path(p.id) for p in self.positives] + list(self.distractors)
 
     def ground_truth(self, queries: Iterable[IliasImage | IliasTextQuery]) -> list[list[int]]:
         """For each query, the indices in :meth:`database_ids` of its instance's positives (for ``ilias_map_at_k``)."""
@@ -261,3 +336,144 @@ def _read_distractors(path: Path, core: list[IliasImage]) -> tuple[str, ...]:
             raise ValueError(f"{path}:{line_no}: {image_id!r} is a core image, not a distractor")
         ids.append(image_id)
     return tuple(ids)
+
+
+def shard_members(shard: str | os.PathLike) -> list[tuple[str, TarMember]]:
+    """``(webdataset key, image member)`` of every image of one uncompressed tar shard, in tar order, read from the
+    tar headers only (webdataset's rules: regular files, ``__meta__`` names skipped, the key is the name up to the
+    first dot of its file name, the suffix after it is lower-cased; images are ``.jpg .jpeg .png .webp``, where the
+    official pipeline keeps ``.jpg`` only, ``generators.py:26-31``: the ILIAS shards hold nothing else).
+
+    Raises ValueError naming the shard for a file that is not a tar, a corrupt header, a truncated shard, and a key
+    with two images (webdataset refuses a repeated file name in a sample).
+    """
+    shard = Path(shard)
+    file_size = shard.stat().st_size
+    members: list[tuple[str, TarMember]] = []
+    seen: dict[str, str] = {}
+    try:
+        with tarfile.open(shard, mode="r:") as tar:
+            for info in tar:
+                match = _KEY_RE.match(info.name)
+                if not info.isreg() or _META_RE.match(info.name) or not match:
+                    continue
+                key, suffix = match.group(1), match.group(2).lower()
+                if suffix not in SHARD_IMAGE_SUFFIXES:
+                    continue
+                if key in seen:
+                    raise ValueError(f"tar shard {shard}: key {key!r} has two images, {seen[key]!r} and {info.name!r}")
+                if info.offset_data + info.size > file_size:
+                    raise ValueError(f"tar shard {shard} is truncated: member {info.name!r} ends after the file")
+                seen[key] = info.name
+                members.append((key, TarMember(shard, info.name, info.offset_data, info.size)))
+            end = tar.offset  # where the header walk stopped: only zero padding may follow
+    except (tarfile.TarError, EOFError) as err:
+        raise ValueError(f"tar shard {shard} is corrupt or not an uncompressed tar file: {err}") from err
+    with open(shard, "rb") as f:
+        f.seek(end)
+        while block := f.read(1 << 20):
+            if block.count(0) != len(block):
+                raise ValueError(f"tar shard {shard} is corrupt: an invalid tar header at byte {end}")
+    return members
+
+
+def index_shards(
+    folder: str | os.PathLike, *, index_dir: str | os.PathLike | None = None, progress: bool = True
+) -> dict[str, TarMember]:
+    """Distractor id (``<shard>.tar/<key>``) -> image member of every ``folder/*.tar``, shards sorted by name (as
+    ilias ``extract.py:135``), members in tar order.
+
+    Each shard's headers are read once: its index is kept as ``<index_dir>/<shard>.json`` (default
+    ``folder/.irlib-index``), written atomically and used while the shard's size and modification time are
+    unchanged. An index folder that cannot be written only warns. Raises FileNotFoundError for a folder without
+    shards and ValueError as :func:`shard_members`.
+    """
+    folder = Path(folder)
+    shards = sorted(folder.glob("*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"no webdataset shard (*.tar) in {folder}")
+    index_dir = folder / INDEX_DIR if index_dir is None else Path(index_dir)
+    index: dict[str, TarMember] = {}
+    writable = True
+    for shard in tqdm(shards, desc="index shards", unit="shard", disable=not progress):
+        members = _cached_members(shard, index_dir / f"{shard.name}.json")
+        if members is None:
+            members = shard_members(shard)
+            writable = writable and _save_members(shard, members, index_dir / f"{shard.name}.json")
+        index.update((f"{shard.name}/{key}", member) for key, member in members)
+    return index
+
+
+def _shard_state(shard: Path) -> dict[str, int]:
+    st = shard.stat()
+    return {"format": _INDEX_FORMAT, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _cached_members(shard: Path, path: Path) -> list[tuple[str, TarMember]] | None:
+    """The members recorded in ``path`` if it describes ``shard`` as it is now, else None."""
+    try:
+        record = json.loads(path.read_text())
+        if {k: record.get(k) for k in ("format", "size", "mtime_ns")} != _shard_state(shard):
+            return None
+        rows = zip(record["names"], record["offsets"], record["sizes"], strict=True)
+        return [(_KEY_RE.match(n).group(1), TarMember(shard, n, o, z)) for n, o, z in rows]  # type: ignore[union-attr]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _save_members(shard: Path, members: list[tuple[str, TarMember]], path: Path) -> bool:
+    """Record a shard's members; False (with a warning) when the index folder cannot be written."""
+    record = _shard_state(shard) | {
+        "names": [m.name for _, m in members],
+        "offsets": [m.offset for _, m in members],
+        "sizes": [m.size for _, m in members],
+    }
+    try:
+        write_json(path, record)
+    except OSError as err:
+        warnings.warn(f"cannot write the shard index {path} ({err}); shards are scanned again next time", stacklevel=3)
+        return False
+    return True
+
+
+def select_distractors(
+    index: Mapping[str, TarMember], ids_file: str | os.PathLike
+) -> tuple[tuple[str, ...], tuple[TarMember, ...]]:
+    """The ids and members of the images listed in ``ids_file``, in list order.
+
+    The list has one id per line (CSV: column 0, as ilias ``utils.load_image_ids``), plain or gzipped. An entry is a
+    distractor id ``<shard>.tar/<key>`` or a bare webdataset key: the official extraction matches ``--selected_ids``
+    (e.g. the mini-ILIAS list) against the key alone (``generators.py:34-41``), so a key names the one shard image
+    that has it. Raises ValueError naming the list for ids in no shard (the first few shown), a key found in two
+    shards, and an image listed twice.
+    """
+    ids_file = Path(ids_file)
+    by_key: dict[str, list[str]] | None = None
+    chosen: dict[str, int] = {}
+    missing: list[str] = []
+    for line_no, row in _id_rows(ids_file, min_fields=1):
+        entry = row[0]
+        image_id = entry if entry in index else None
+        if image_id is None:
+            if by_key is None:
+                by_key = {}
+                for i in index:
+                    by_key.setdefault(i.split("/", 1)[1], []).append(i)
+            found = by_key.get(entry, [])
+            if len(found) > 1:
+                raise ValueError(f"{ids_file}:{line_no}: key {entry!r} is in several shards: {_shown(found)}")
+            image_id = found[0] if found else None
+        if image_id is None:
+            missing.append(entry)
+        elif image_id in chosen:
+            raise ValueError(
+                f"{ids_file}:{line_no}: {entry!r} names {image_id}, listed before on line {chosen[image_id]}"
+            )
+        else:
+            chosen[image_id] = line_no
+    if missing:
+        folders = ", ".join(sorted({str(m.shard.parent) for m in index.values()}))
+        raise ValueError(
+            f"{ids_file}: {len(missing)} listed ids are in none of the shards under {folders}: {_shown(missing)}"
+        )
+    return tuple(chosen), tuple(index[i] for i in chosen)

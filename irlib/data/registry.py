@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from irlib.data.gldv2 import gldv2_retrieval, gldv2_train, rgldv2_clean
-from irlib.data.ilias import IliasDataset
+from irlib.data.ilias import DISTRACTOR_DIR, MINI_ILIAS_IDS, IliasDataset
 from irlib.data.revisited import Distractors, RevisitedDataset
 from irlib.data.synthetic import DEMO_DATASET, make_demo_data
 from irlib.data.uned import uned_knn, uned_split
@@ -145,6 +145,26 @@ def _uned_knn(root: Path, **kwargs: Any) -> Any:
     return uned_knn(_uned_dir(root), **kwargs)
 
 
-@_register("ilias", "test", "ILIAS core (<root>/ilias/ilias_core/<instance>/query|pos/); distractor_ids=")
-def _ilias(root: Path, **kwargs: Any) -> IliasDataset:
-    return IliasDataset.from_dir(root / "ilias", **kwargs)
+@_register(
+    "ilias",
+    "test",
+    "ILIAS core (<root>/ilias/ilias_core/<instance>/query|pos/); distractor_ids= (an id list), "
+    "distractor_shards= (the .tar shards, a folder relative to <root>/ilias, e.g. 'yfcc100m')",
+)
+def _ilias(root: Path, distractor_shards: str | os.PathLike | None = None, **kwargs: Any) -> IliasDataset:
+    shards = None if distractor_shards is None else root / "ilias" / distractor_shards
+    return IliasDataset.from_dir(root / "ilias", distractor_shards=shards, **kwargs)
+
+
+@_register(
+    "mini-ilias",
+    "test",
+    f"ILIAS core + the distractors of <root>/ilias/image_ids/{MINI_ILIAS_IDS}, read from the shards "
+    f"<root>/ilias/{DISTRACTOR_DIR}/*.tar; shards= (folder), ids= (list)",
+)
+def _mini_ilias(
+    root: Path, shards: str | os.PathLike = DISTRACTOR_DIR, ids: str | os.PathLike | None = None, **kwargs: Any
+) -> IliasDataset:
+    ilias = root / "ilias"
+    listed = ilias / "image_ids" / MINI_ILIAS_IDS if ids is None else Path(ids)
+    return IliasDataset.from_dir(ilias, distractor_ids=listed, distractor_shards=ilias / shards, **kwargs)

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["TUPLE_SIZE", "ClassBalancedSampler", "ShuffledSampler", "TupleSampler", "read_predictions"]
+__all__ = [
+    "DOMAIN_SAMPLING",
+    "TUPLE_SIZE",
+    "ClassBalancedSampler",
+    "DomainBatchSampler",
+    "ShuffledSampler",
+    "TupleSampler",
+    "read_predictions",
+]
 
 
 class _EpochSampler(Sampler[int], ABC):
@@ -210,6 +218,110 @@ class ClassBalancedSampler(_EpochSampler):
             "labels_crc32": zlib.crc32(self.labels.tobytes()),
             "classes_per_batch": self.classes_per_batch,
             "samples_per_class": self.samples_per_class,
+            "num_batches": self.num_batches,
+        }
+
+
+DOMAIN_SAMPLING = ("dataset_size", "balanced", "round_robin")
+"""Strategies of :class:`DomainBatchSampler` (UnED ``sampling_utils.py``; its ``specialist_top_steps`` is not
+offered)."""
+
+
+class DomainBatchSampler(_EpochSampler):
+    """Batches of one domain each, the domain of each optimiser step chosen by a strategy of the UnED baselines
+    (nikosips/Universal-Image-Embeddings ``sampling_utils.py``, ``give_ds_indices_per_step``):
+
+    * ``"dataset_size"``: domain d gets ``floor(S n_d / N)`` of the epoch's S steps, the last domain the rest, in
+      random order;
+    * ``"balanced"``: every domain gets ``floor(S / D)`` steps, the last domain the rest, in random order;
+    * ``"round_robin"``: step t of the run (counted over epochs) goes to domain ``t mod D``.
+
+    Within a domain, images come from consecutive random permutations of its images (a fresh one when one runs
+    out, so a small domain cycles and a batch may straddle two permutations). One step's global batch is
+    ``batch_size x num_replicas`` images of its domain; replica ``rank`` takes the ``rank``-th slice of
+    ``batch_size``, so all replicas (and all micro-batches of an accumulated step) see the same domain. An epoch has
+    ``num_batches`` steps (default ``N // (batch_size R)``, the official ``steps_per_epoch``).
+
+    Differences from the official sampler: it draws the whole run's schedule once (``jax.random.PRNGKey(0)``) and
+    streams each domain through a 256-image shuffle buffer; here each epoch's schedule and orders come from
+    ``numpy.random.default_rng([seed, epoch])``, so a run is resumable at any step and the same on any layout.
+    """
+
+    def __init__(
+        self,
+        domains: Sequence[int] | np.ndarray,
+        *,
+        batch_size: int,
+        strategy: str = "dataset_size",
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        num_batches: int | None = None,
+    ) -> None:
+        self.domains = np.asarray(domains, dtype=np.int64).reshape(-1)
+        if strategy not in DOMAIN_SAMPLING:
+            raise ValueError(f"domain sampling strategy must be one of {DOMAIN_SAMPLING}, got {strategy!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not len(self.domains) or self.domains.min() < 0:
+            raise ValueError("domains must hold one domain index >= 0 per image")
+        self.strategy = strategy
+        self.batch_size = batch_size
+        self._order = np.argsort(self.domains, kind="stable")
+        self.present, self._starts, self.sizes = np.unique(
+            self.domains[self._order], return_index=True, return_counts=True
+        )
+        self.num_batches = len(self.domains) // (batch_size * num_replicas) if num_batches is None else num_batches
+        if self.num_batches < 1:
+            raise ValueError(
+                f"{len(self.domains)} images cannot fill one step of {batch_size} x {num_replicas} replicas"
+            )
+        super().__init__(seed=seed, num_replicas=num_replicas, rank=rank)
+
+    @property
+    def num_samples(self) -> int:
+        """Steps times this replica's ``batch_size``."""
+        return self.num_batches * self.batch_size
+
+    def epoch_domains(self, epoch: int) -> np.ndarray:
+        """``(num_batches,)``: the domain (a value of ``domains``) of every step of ``epoch``."""
+        return self.present[self._schedule(np.random.default_rng([self.seed, epoch]), epoch)]
+
+    def epoch_batches(self, epoch: int) -> np.ndarray:
+        """All replicas' batches of ``epoch``: ``(num_batches, batch_size R)`` dataset indices."""
+        rng = np.random.default_rng([self.seed, epoch])
+        steps = self._schedule(rng, epoch)
+        width = self.batch_size * self.num_replicas
+        out = np.empty((self.num_batches, width), dtype=np.int64)
+        for k, (start, size) in enumerate(zip(self._starts, self.sizes, strict=True)):
+            rows = np.flatnonzero(steps == k)
+            need = len(rows) * width
+            stream = np.concatenate([rng.permutation(size) for _ in range(-(-need // size))])[:need]
+            out[rows] = self._order[start + stream].reshape(len(rows), width)
+        return out
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """This replica's slice of every step's batch, step after step."""
+        b = self.batch_size
+        return self.epoch_batches(epoch)[:, self.rank * b : (self.rank + 1) * b].reshape(-1)
+
+    def _schedule(self, rng: np.random.Generator, epoch: int) -> np.ndarray:
+        """The position (in ``present``) of each step's domain."""
+        n_steps, n_domains = self.num_batches, len(self.present)
+        if self.strategy == "round_robin":
+            return (epoch * n_steps + np.arange(n_steps)) % n_domains
+        share = self.sizes / self.sizes.sum() if self.strategy == "dataset_size" else np.full(n_domains, 1 / n_domains)
+        counts = np.floor(n_steps * share).astype(np.int64)
+        counts[-1] = n_steps - counts[:-1].sum()
+        return rng.permutation(np.repeat(np.arange(n_domains), counts))
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            **super()._config(),
+            "n": len(self.domains),
+            "domains_crc32": zlib.crc32(self.domains.tobytes()),
+            "batch_size": self.batch_size,
+            "strategy": self.strategy,
             "num_batches": self.num_batches,
         }
 

@@ -10,6 +10,12 @@ by scikit-image and matplotlib) photographed from many viewpoints into cluttered
   planted *overlap* classes: new photographs of test landmarks under random landmark ids. They imitate, on
   purpose, the landmarks GLDv2-clean shares with ROxford/RParis (CiDeR, CVPR 2024), so that
   :mod:`irlib.data.overlap` can be tested against a known answer;
+* ``<out>/uned/``: a small set in the UnED layout (``info_files/<domain>/<split>.json`` + ``images/``) of a few
+  real UnED domain names (rendered cars, garments and landmark shots), with class ids restarting at 0 in every
+  domain and the same id given a look-alike colour in every domain (a cross-domain match is not a hit);
+* ``<out>/ilias/``: a small set in the ILIAS layout (``ilias_core/<instance>/query|pos/``, ``image_ids/``,
+  ``misc/taxonomy.json``) of product-like objects, photographed on clean backgrounds as queries and in clutter at
+  several scales as positives, with webdataset tar shards of distractors (``yfcc100m/NNNNNN.tar``);
 * ``<out>/demo_info.json``: config, counts, generator version and the planted overlaps
   (``overlap_landmarks``: training ``landmark_id`` -> test landmark name).
 
@@ -21,27 +27,34 @@ from __future__ import annotations
 
 import colorsys
 import csv
+import gzip
 import hashlib
+import io
 import json
 import os
 import pickle
 import shutil
+import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from irlib.data.uned import DOMAINS, KNN_SPLITS
+
 __all__ = ["DEMO_DATASET", "DemoConfig", "make_demo_data"]
 
 DEMO_DATASET = "demo"
 
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 4
 _MARKER = ".demo_complete"
-_OUTPUTS = (DEMO_DATASET, "train", "demo_info.json")
+_OUTPUTS = (DEMO_DATASET, "train", "uned", "ilias", "demo_info.json")
 
 # Landmark kind (the readable part of a landmark name) -> silhouette/roof style of its facade.
 _KINDS: dict[str, str] = {
@@ -66,12 +79,16 @@ _KINDS: dict[str, str] = {
 # Independent random streams, so that changing one count does not reshuffle everything else.
 _S_TILES, _S_TEST_LM, _S_TRAIN_LM, _S_GENERIC, _S_PLAN, _S_QUERY, _S_DB, _S_CLUTTER, _S_TRAIN, _S_IDS = range(10)
 _S_OVERLAP = 10  # appended: planting overlaps changed no earlier stream
+_S_UNED, _S_ILIAS = 11, 12  # appended: the UnED and ILIAS sets read no earlier stream
 
 # Roof height of a facade as a fraction of its width, per silhouette style.
 _ROOF_HEIGHT = {"gable": 0.4, "pediment": 0.18, "dome": 0.45, "crenel": 0.16, "gate": 0.2, "steps": 0.3}
 
 # Gateway opening: width as a fraction of the facade width, arch springing line as a fraction of its height.
 _GATE_WIDTH, _GATE_SPRING = 0.22, 0.7
+
+_UNED_DOMAINS = ("cars", "inshop", "gldv2")  # the UnED domains the demo can draw (keys of _UNED_RENDERERS)
+_MAX_ILIAS_INSTANCES = 30  # each instance's print is its own photo region (41), leaving some for look-alikes
 
 _N_GENERIC = 16  # pool of ordinary buildings used as background clutter and in distractors
 _N_MIPS = 4
@@ -88,12 +105,20 @@ _JUNK_MAX_AREA = 0.02
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """All knobs of the demo dataset; the defaults give 300 test and 216 training images.
+    """All knobs of the demo dataset; the defaults give 300 test and 216 training images, 344 UnED images and
+    an ILIAS set of 12 instances (about 60 core images) with 150 distractors.
 
     Each landmark's mural is a distinct region of a bundled photo; there are 41 such regions, so test and
     training landmarks share no photographic content while ``n_test_landmarks + n_train_landmarks <= 41``.
     The exception is deliberate: the ``n_overlap_landmarks`` planted training classes photograph distinct test
     landmarks anew (``train_views_per_landmark`` images each, from their own random stream).
+
+    UnED, per domain of ``uned_domains``: ``uned_train_classes`` (train), then ``uned_val_classes`` (val), then
+    ``uned_test_classes`` classes, ``uned_views`` images each. A test class of a domain whose kNN query split is its
+    index split (``cars``) puts every view in ``test.json``; otherwise (``inshop``, ``gldv2``) its first view is the
+    query in ``test.json`` and the others go to ``index.json``, with ``uned_index_only_classes`` more classes that
+    only the index holds. ILIAS: ``ilias_instances`` instances, ``ilias_distractors`` distractors in ``ilias_shards``
+    tar shards.
     """
 
     seed: int = 0
@@ -106,6 +131,15 @@ class DemoConfig:
     n_overlap_landmarks: int = 3
     image_size: tuple[int, int] = (384, 288)
     jpeg_quality: int = 90
+    uned_domains: tuple[str, ...] = ("cars", "inshop", "gldv2")
+    uned_train_classes: int = 10
+    uned_val_classes: int = 4
+    uned_test_classes: int = 12
+    uned_index_only_classes: int = 4
+    uned_views: int = 4
+    ilias_instances: int = 12
+    ilias_distractors: int = 150
+    ilias_shards: int = 3
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -125,6 +159,20 @@ class DemoConfig:
             raise ValueError("image_size must be (w, h) with both sides >= 64")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be in [1, 100]")
+        domains = tuple(self.uned_domains)
+        if not domains or len(set(domains)) != len(domains) or not set(domains) <= set(_UNED_DOMAINS):
+            raise ValueError(f"uned_domains must be distinct names from {_UNED_DOMAINS}, got {domains}")
+        object.__setattr__(self, "uned_domains", domains)
+        if min(self.uned_train_classes, self.uned_val_classes, self.uned_test_classes) < 1:
+            raise ValueError("uned_train_classes, uned_val_classes and uned_test_classes must be >= 1")
+        if self.uned_index_only_classes < 0:
+            raise ValueError("uned_index_only_classes must be non-negative")
+        if self.uned_views < 2:
+            raise ValueError("uned_views must be >= 2 (a kNN query needs another view of its class in the index)")
+        if not 1 <= self.ilias_instances <= _MAX_ILIAS_INSTANCES:
+            raise ValueError(f"ilias_instances must be in [1, {_MAX_ILIAS_INSTANCES}], got {self.ilias_instances}")
+        if not 1 <= self.ilias_shards <= self.ilias_distractors:
+            raise ValueError("need 1 <= ilias_shards <= ilias_distractors (every tar shard holds a distractor)")
 
 
 def make_demo_data(
@@ -959,6 +1007,7 @@ def _generate(root: Path, config: DemoConfig, fingerprint: str, progress: bool) 
     generics = _generic_buildings(config.seed, assets)
     n_q, n_v = config.queries_per_landmark, config.views_per_landmark
     total = len(test) * (n_q + n_v) + config.n_distractors + len(classes) * config.train_views_per_landmark
+    total += _uned_total(config) + _ilias_total(config)
     bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress)
 
     jpg = root / DEMO_DATASET / "jpg"
@@ -1000,6 +1049,8 @@ def _generate(root: Path, config: DemoConfig, fingerprint: str, progress: bool) 
         pickle.dump({"imlist": [n for n, _, _ in db], "qimlist": [n for n, _, _ in queries], "gnd": gnd}, f, protocol=4)
 
     train_ids = _write_train(root / "train", config, classes, generics, assets, bar)
+    uned_counts = _write_uned(root / "uned", config, generics, assets, bar)
+    ilias_counts = _write_ilias(root / "ilias", config, generics, assets, bar)
     bar.close()
     label_counts = {key: sum(lab == key for _, _, lab in db) for key in ("easy", "hard", "junk")}
     info = {
@@ -1015,6 +1066,8 @@ def _generate(root: Path, config: DemoConfig, fingerprint: str, progress: bool) 
             "train_landmarks": len(classes),
             "train_images": len(classes) * config.train_views_per_landmark,
             "overlap_landmarks": len(overlaps),
+            "uned": uned_counts,
+            "ilias": ilias_counts,
         },
         "test_landmarks": [lm.name for lm in test],
         "hard_negative_pairs": [[test[i - 1].name, test[i].name] for i in range(len(test)) if i % 4 == 1],
@@ -1080,3 +1133,804 @@ def _write_train(
 
 def _save(img: Image.Image, path: Path, config: DemoConfig) -> None:
     img.save(path, format="JPEG", quality=config.jpeg_quality)
+
+
+def _jpeg_bytes(img: Image.Image, config: DemoConfig) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=config.jpeg_quality)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ sprites & scenes
+
+
+class _Canvas:
+    """An RGB drawing and its coverage mask, drawn together: the sprites of cars, garments and objects."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.rgb = Image.new("RGB", size)
+        self.mask = Image.new("L", size, 0)
+        self._rgb, self._mask = ImageDraw.Draw(self.rgb), ImageDraw.Draw(self.mask)
+
+    def draw(self, shape: str, xy: object, fill: tuple[int, int, int], *, cover: bool = True, **kw: float) -> None:
+        """Draw an ``ImageDraw`` shape; ``cover=False`` paints details without growing the mask."""
+        getattr(self._rgb, shape)(xy, fill=fill, **kw)
+        if cover:
+            getattr(self._mask, shape)(xy, fill=255, **kw)
+
+    def sprite(self, name: str, shading: np.ndarray | None = None) -> _Landmark:
+        """The drawing as a mip-mapped RGBA sprite, optionally multiplied by a ``(h, w)`` or ``(h, w, 3)`` shading."""
+        arr = np.asarray(self.rgb, np.float32)
+        if shading is not None:
+            arr = arr * (shading[..., None] if shading.ndim == 2 else shading)
+        rgba = np.dstack([np.clip(arr, 0, 255).astype(np.uint8), np.asarray(self.mask)])
+        return _make_landmark(name, Image.fromarray(rgba, "RGBA"))
+
+
+def _cylinder(w: int, h: int, x0: float = 0, x1: float | None = None) -> np.ndarray:
+    """``(h, w)`` shading of a vertical cylinder spanning columns ``x0..x1``: bright off-centre, dark at the rims."""
+    x1 = w if x1 is None else x1
+    t = np.clip((np.arange(w, dtype=np.float32) + 0.5 - x0) / (x1 - x0), 0, 1)
+    profile = 0.55 + 0.6 * np.clip(np.sin(np.pi * t), 0, 1) ** 0.7 + 0.25 * np.exp(-(((t - 0.35) / 0.08) ** 2))
+    return np.broadcast_to(profile, (h, w))
+
+
+def _place(lm: _Landmark, pose: _Pose, frame: tuple[int, int], flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Warp a sprite into the frame (mirrored with ``flip``): premultiplied ``(h, w, 4)`` layer and ``(h, w)`` alpha."""
+    hom, _ = _homography(lm.size, pose, frame)
+    if flip:
+        hom = hom @ np.array([[-1.0, 0, lm.size[0]], [0, 1, 0], [0, 0, 1]])
+    layer = np.asarray(_warp(lm, hom, frame), np.float32)
+    return layer, layer[..., 3] / 255
+
+
+def _fill_scale(lm: _Landmark, frame: tuple[int, int], area: float) -> float:
+    """``_Pose.scale`` at which a sprite's bounding rectangle covers the fraction ``area`` of the frame (head-on)."""
+    (fw, fh), (w, h) = lm.size, frame
+    return float(np.sqrt(area * w * h / (fw * fh)) / min(w / fw, h / fh))
+
+
+def _shadow(scene: np.ndarray, alpha: np.ndarray, dx: float, dy: float, strength: float) -> np.ndarray:
+    """Darken ``scene`` under a blurred copy of ``alpha`` shifted by ``(dx, dy)`` pixels."""
+    mask = Image.fromarray((alpha * 255).astype(np.uint8)).transform(
+        (alpha.shape[1], alpha.shape[0]), Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy)
+    )
+    soft = np.asarray(mask.filter(ImageFilter.GaussianBlur(3)), np.float32) / 255
+    return scene * (1 - strength * soft[..., None])
+
+
+def _studio(rng: np.random.Generator, frame: tuple[int, int]) -> np.ndarray:
+    """A clean studio backdrop (light, nearly uniform, with a soft gradient and sometimes a floor line)."""
+    w, h = frame
+    top = np.array(_hsv(rng.random(), rng.uniform(0, 0.12), rng.uniform(0.86, 0.98)), np.float32)
+    bottom = top * rng.uniform(0.82, 0.98)
+    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    img = np.broadcast_to(top * (1 - t) + bottom * t, (h, w, 3)).copy()
+    if rng.random() < 0.4:
+        img[int(h * rng.uniform(0.7, 0.85)) :] *= rng.uniform(0.85, 0.95)
+    return img
+
+
+def _indoor(rng: np.random.Generator, frame: tuple[int, int], assets: _Assets) -> np.ndarray:
+    """A wall above a textured table top, as a float RGB array."""
+    w, h = frame
+    wall = np.array(_hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.45, 0.85)), np.float32)
+    img = wall * (0.85 + 0.3 * _smooth_noise(rng, w, h, 4))[..., None]
+    edge = int(h * rng.uniform(0.25, 0.6))
+    tex = _material_crop(rng, assets.materials[int(rng.integers(len(assets.materials)))], w, h - edge, 1.0)
+    wood = np.array(_hsv(rng.uniform(0.02, 0.14), rng.uniform(0.2, 0.6), rng.uniform(0.3, 0.75)), np.float32)
+    img[edge:] = wood * (1 + 0.2 * tex[..., None])
+    return np.clip(img, 0, 255)
+
+
+def _clutter_items(rng: np.random.Generator, frame: tuple[int, int], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` small everyday shapes (boxes, discs, pens, papers) in random colours: premultiplied RGB and alpha."""
+    w, h = frame
+    canvas = _Canvas(frame)
+    for _ in range(n):
+        s = min(w, h) * rng.uniform(0.04, 0.16)
+        x, y = rng.uniform(-0.05, 1.05) * w, rng.uniform(0.1, 1.05) * h
+        colour = _hsv(rng.random(), rng.uniform(0.1, 0.9), rng.uniform(0.2, 0.95))
+        shape = int(rng.integers(4))
+        if shape == 0:
+            canvas.draw("rectangle", (x, y, x + s * rng.uniform(0.5, 1.5), y + s * rng.uniform(0.5, 1.5)), colour)
+        elif shape == 1:
+            canvas.draw("ellipse", (x, y, x + s, y + s * rng.uniform(0.4, 1.0)), colour)
+        elif shape == 2:
+            canvas.draw("line", (x, y, x + s * rng.uniform(-1.5, 1.5), y + s * rng.uniform(-1, 1)), colour, width=3)
+        else:
+            pts = [(x + s * rng.uniform(-0.6, 0.6), y + s * rng.uniform(-0.6, 0.6)) for _ in range(3)]
+            canvas.draw("polygon", pts, colour)
+    alpha = np.asarray(canvas.mask, np.float32) / 255
+    return np.asarray(canvas.rgb, np.float32) * alpha[..., None], alpha
+
+
+# ------------------------------------------------------------------------------------------------ UnED
+
+
+def _class_colour(class_id: int) -> tuple[float, float, float]:
+    """HSV colour of a UnED class id, the same in every domain, so equal ids of two domains look alike; classes
+    ``2m`` and ``2m + 1`` get close colours (look-alike classes within a domain)."""
+    pair, odd = divmod(class_id, 2)
+    return (
+        (0.07 + 0.618034 * pair + 0.05 * odd) % 1.0,
+        0.5 + 0.4 * ((0.37 * pair) % 1.0) - 0.08 * odd,
+        0.5 + 0.4 * ((0.71 * pair + 0.3) % 1.0) - 0.06 * odd,
+    )
+
+
+# Car body style: (cabin start, cabin end, front pillar slant, rear pillar slant, cabin height), sprite fractions.
+_CAR_CABINS = {
+    "sedan": (0.24, 0.72, 0.16, 0.1, 0.26),
+    "coupe": (0.28, 0.7, 0.2, 0.16, 0.22),
+    "hatch": (0.14, 0.7, 0.16, 0.04, 0.28),
+    "suv": (0.1, 0.75, 0.12, 0.03, 0.32),
+    "van": (0.05, 0.82, 0.12, 0.01, 0.36),
+    "pickup": (0.34, 0.68, 0.13, 0.01, 0.3),
+}
+
+
+def _car_model(rng: np.random.Generator, class_id: int, assets: _Assets) -> _Landmark:
+    """Side view of one car model, front to the right: body style, colour, wheels, stripe and lights."""
+    w, h = 256, 128
+    kind = str(rng.choice(list(_CAR_CABINS)))
+    start, end, slant_f, slant_r, cabin_h = _CAR_CABINS[kind]
+    hue, sat, val = _class_colour(class_id)
+    body = _hsv(hue, sat, val)
+    dark = tuple(int(c * 0.55) for c in body)
+    roof = body if rng.random() < 0.7 else _hsv(0, 0, rng.choice([0.12, 0.95]))
+    glass = _hsv(0.58, 0.25, rng.uniform(0.15, 0.4))
+    r = h * rng.uniform(0.12, 0.16)
+    axle = h - 2 - r
+    sill = axle + 0.2 * r
+    belt = axle - h * rng.uniform(0.2, 0.28) * (1.2 if kind in ("suv", "van") else 1.0)
+    top = belt - h * cabin_h
+    nose = w * rng.uniform(0.03, 0.1)
+    canvas = _Canvas((w, h))
+    outline = [(3, belt + 4), (6, belt), (w - 4 - nose, belt), (w - 3, belt + 10), (w - 3, sill - 5), (w - 10, sill)]
+    canvas.draw("polygon", [*outline, (10, sill), (3, sill - 6)], body)
+    x0, x1 = start * w, end * w
+    canvas.draw("polygon", [(x0, belt + 1), (x0 + slant_r * w, top), (x1 - slant_f * w, top), (x1, belt + 1)], roof)
+    pane = [(x0 + 6, belt - 2), (x0 + slant_r * w + 5, top + 5), (x1 - slant_f * w - 3, top + 5), (x1 - 7, belt - 2)]
+    canvas.draw("polygon", pane, glass)
+    pillar = x0 + (x1 - x0) * rng.uniform(0.45, 0.6)
+    canvas.draw("line", (pillar, top + 3, pillar, belt), roof, width=5)
+    if rng.random() < 0.45:
+        y = belt + (sill - belt) * rng.uniform(0.3, 0.6)
+        stripe = _hsv(hue + 0.5, 0.2, 0.95) if rng.random() < 0.5 else (25, 25, 25)
+        canvas.draw("rectangle", (8, y, w - 8, y + rng.uniform(3, 7)), stripe, cover=False)
+    for x in (pillar, x0 + 2):
+        canvas.draw("line", (x, belt + 2, x, sill - 4), dark, cover=False, width=1)
+    canvas.draw("rectangle", (w - 15, belt + 5, w - 5, belt + 12), (250, 240, 190), cover=False)
+    canvas.draw("rectangle", (4, belt + 5, 11, belt + 14), (200, 30, 30), cover=False)
+    rim = _hsv(0.12, rng.choice([0.0, 0.0, 0.5]), rng.choice([0.25, 0.75, 0.8]))
+    spokes, rim_r = int(rng.integers(4, 9)), r * rng.uniform(0.5, 0.7)
+    for cx in (w * rng.uniform(0.15, 0.2), w * rng.uniform(0.78, 0.84)):
+        canvas.draw("ellipse", (cx - 1.2 * r, axle - 1.2 * r, cx + 1.2 * r, axle + 0.5 * r), (30, 30, 30))
+        canvas.draw("ellipse", (cx - r, axle - r, cx + r, axle + r), (18, 18, 18))
+        canvas.draw("ellipse", (cx - rim_r, axle - rim_r, cx + rim_r, axle + rim_r), rim)
+        for a in np.linspace(0, np.pi, spokes, endpoint=False):
+            dx, dy = rim_r * np.cos(a), rim_r * np.sin(a)
+            canvas.draw("line", (cx - dx, axle - dy, cx + dx, axle + dy), (60, 60, 60), width=2)
+    shade = np.linspace(1.2, 0.8, h, dtype=np.float32)[:, None] * np.ones((1, w), np.float32)
+    return canvas.sprite(f"car_{class_id}", shade)
+
+
+def _car_view(
+    rng: np.random.Generator, car: _Landmark, k: int, frame: tuple[int, int], generics: list[_Landmark], assets: _Assets
+) -> Image.Image:
+    """A car photographed in the street: either direction, turned up to 30 degrees, at varying size and light."""
+    w, h = frame
+    yaw, pitch, roll, scale = rng.uniform(-30, 30), rng.uniform(0, 8), rng.uniform(-3, 3), rng.uniform(0.75, 1.0)
+    pose = _Pose(yaw, pitch, roll, scale, w * rng.uniform(0.42, 0.58), h * rng.uniform(0.5, 0.62), rng.uniform(2.2, 4))
+    layer, alpha = _place(car, pose, frame, flip=bool(rng.random() < 0.5))
+    rows = np.flatnonzero(alpha.max(axis=1) > 0.5)
+    contact = float(rows.max()) if len(rows) else 0.7 * h
+    horizon = float(np.clip(contact - h * rng.uniform(0.15, 0.35), 0.3 * h, 0.9 * h))
+    scene = _background(rng, frame, horizon, generics, n_buildings=int(rng.integers(0, 2)))
+    scene = _shadow(scene, alpha, 2, 4, 0.5)
+    scene = _composite(scene, layer * rng.uniform(0.8, 1.05), alpha)
+    return _finish(rng, scene, _look(rng, strong=bool(rng.random() < 0.15)))
+
+
+# Garment kind -> outline, as (x, y) fractions of the sprite.
+_GARMENTS: dict[str, tuple[tuple[float, float], ...]] = {
+    "tee": ((0.32, 0.06), (0.68, 0.06), (0.92, 0.2), (0.84, 0.34), (0.74, 0.3), (0.74, 0.95), (0.26, 0.95),
+            (0.26, 0.3), (0.16, 0.34), (0.08, 0.2)),
+    "shirt": ((0.32, 0.06), (0.68, 0.06), (0.9, 0.2), (0.98, 0.7), (0.88, 0.72), (0.76, 0.32), (0.76, 0.95),
+              (0.24, 0.95), (0.24, 0.32), (0.12, 0.72), (0.02, 0.7), (0.1, 0.2)),
+    "tank": ((0.34, 0.04), (0.42, 0.04), (0.44, 0.14), (0.56, 0.14), (0.58, 0.04), (0.66, 0.04), (0.7, 0.3),
+             (0.74, 0.95), (0.26, 0.95), (0.3, 0.3)),
+    "dress": ((0.36, 0.04), (0.64, 0.04), (0.68, 0.3), (0.62, 0.4), (0.9, 0.96), (0.1, 0.96), (0.38, 0.4), (0.32, 0.3)),
+    "skirt": ((0.3, 0.3), (0.7, 0.3), (0.92, 0.94), (0.08, 0.94)),
+    "trousers": ((0.28, 0.04), (0.72, 0.04), (0.8, 0.96), (0.56, 0.96), (0.5, 0.3), (0.44, 0.96), (0.2, 0.96)),
+}  # fmt: skip
+_PATTERNS = ("solid", "hstripes", "checks", "print", "dots", "vstripes", "block")
+_GARMENT_VIEWS = ("front", "side", "back", "full")  # In-shop view names of views 0..3; later views: "additional"
+
+
+@dataclass(frozen=True)
+class _Garment:
+    kind: str
+    front: _Landmark
+    back: _Landmark  # no front print, buttons or pocket
+    worn: _Landmark  # on a model: head, arms and legs around it
+
+
+def _garment(rng: np.random.Generator, class_id: int, assets: _Assets) -> _Garment:
+    """One garment: kind, colour, fabric pattern (stripes, checks, dots, a photo print or colour blocks), trim.
+
+    Classes ``2m`` and ``2m + 1`` share kind, pattern and its second colour (their main colours are close too):
+    look-alike products told apart by colour shade, print and fabric.
+    """
+    w, h = 200, 260
+    pair = class_id // 2
+    kind = list(_GARMENTS)[pair % len(_GARMENTS)]
+    hue, sat, val = _class_colour(class_id)
+    base = np.array(_hsv(hue, sat, val), np.float32)
+    pair_hue = _class_colour(2 * pair)[0]
+    second = np.array(_hsv(pair_hue + 0.5, 0.3 + 0.5 * (0.53 * pair % 1), 0.3 + 0.6 * (0.29 * pair % 1)), np.float32)
+    pattern = _PATTERNS[pair % len(_PATTERNS)]
+    period, duty = 10 + 16 * (0.43 * pair % 1), 0.25 + 0.35 * (0.61 * pair % 1)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    stripes_h, stripes_v = (yy % period) < duty * period, (xx % period) < duty * period
+    dots = ((xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2) < (duty * period / 2) ** 2
+    second_mask = {
+        "hstripes": stripes_h,
+        "vstripes": stripes_v,
+        "checks": stripes_h ^ stripes_v,
+        "dots": dots,
+        "block": yy > h * (0.45 + 0.25 * (0.77 * pair % 1)),
+    }.get(pattern, np.zeros((h, w), bool))
+    fabric = np.where(second_mask[..., None], second, base)
+    tex = _material_crop(rng, assets.materials[int(rng.integers(len(assets.materials)))], w, h, rng.uniform(0.3, 0.8))
+    folds = 0.85 + 0.3 * _smooth_noise(rng, w, h, 5)
+    shading = folds * (1 + 0.08 * tex)
+    tile = assets.tiles[int(rng.integers(len(assets.tiles)))]
+    print_box = (int(w * 0.36), int(h * 0.22), int(w * 0.64), int(h * 0.42))
+    art = _fit_crop(rng, tile, print_box[2] - print_box[0], print_box[3] - print_box[1], rng.uniform(0.6, 1.0))
+    trim = _hsv(hue, sat * 0.5, val * 0.6)
+    buttons = kind == "shirt" or (kind == "dress" and rng.random() < 0.5)
+    skin = _hsv(rng.uniform(0.04, 0.09), rng.uniform(0.25, 0.6), rng.uniform(0.45, 0.9))
+    legs = _hsv(rng.random(), rng.uniform(0, 0.5), rng.uniform(0.15, 0.5))
+    outline = [(x * w, y * h) for x, y in _GARMENTS[kind]]
+    cloth_mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(cloth_mask).polygon(outline, fill=255)
+    cloth = (np.asarray(cloth_mask) > 127)[..., None]
+
+    def render(variant: str) -> _Landmark:
+        canvas = _Canvas((w, h))
+        if variant == "worn":
+            if kind not in ("skirt", "trousers"):
+                canvas.draw("ellipse", (w * 0.4, -h * 0.1, w * 0.6, h * 0.08), skin)
+                canvas.draw("rectangle", (w * 0.2, h * 0.25, w * 0.8, h * 0.7), skin)
+            if kind not in ("trousers", "dress"):
+                canvas.draw("rectangle", (w * 0.3, h * 0.8, w * 0.7, h), legs if kind != "skirt" else skin)
+        canvas.draw("polygon", outline, (0, 0, 0))
+        rgb = np.asarray(canvas.rgb, np.float32)
+        canvas.rgb.paste(
+            Image.fromarray(np.where(cloth, fabric * shading[..., None], rgb).clip(0, 255).astype(np.uint8))
+        )
+        if pattern == "print" and variant != "back":
+            canvas.rgb.paste(art, print_box[:2])
+        if kind in ("tee", "shirt", "dress"):
+            canvas.draw("arc", (w * 0.4, 0, w * 0.6, h * 0.12), trim, cover=False, start=0, end=180, width=4)
+        if buttons and variant != "back":
+            for y in np.linspace(h * 0.15, h * 0.6, 5):
+                canvas.draw("ellipse", (w / 2 - 3, y - 3, w / 2 + 3, y + 3), trim, cover=False)
+        canvas.draw("line", [*outline, outline[0]], trim, cover=False, width=2)
+        return canvas.sprite(f"garment_{class_id}_{variant}")
+
+    return _Garment(kind, render("front"), render("back"), render("worn"))
+
+
+def _garment_view(
+    rng: np.random.Generator,
+    garment: _Garment,
+    k: int,
+    frame: tuple[int, int],
+    generics: list[_Landmark],
+    assets: _Assets,
+) -> Image.Image:
+    """View ``k`` of a garment on a studio backdrop: front, side (turned), back, full (worn), then close-ups."""
+    w, h = frame
+    view = _GARMENT_VIEWS[k] if k < len(_GARMENT_VIEWS) else "additional"
+    sprite = {"back": garment.back, "full": garment.worn}.get(view, garment.front)
+    yaw = rng.choice([-1, 1]) * rng.uniform(30, 45) if view == "side" else rng.uniform(-8, 8)
+    scale, cx, cy = rng.uniform(0.75, 0.95), w * rng.uniform(0.45, 0.55), h * rng.uniform(0.45, 0.55)
+    if view == "additional":
+        scale, cx, cy = rng.uniform(1.4, 2.0), w * rng.uniform(0.2, 0.8), h * rng.uniform(0.2, 0.8)
+    pose = _Pose(yaw, rng.uniform(-3, 3), rng.uniform(-6, 6), scale, cx, cy, rng.uniform(2.5, 4.0))
+    layer, alpha = _place(sprite, pose, frame, flip=bool(rng.random() < 0.3))
+    scene = _shadow(_studio(rng, frame), alpha, rng.uniform(-4, 4), 4, 0.3)
+    scene = _composite(scene, layer * rng.uniform(0.85, 1.05), alpha)
+    return _finish(rng, scene, _look(rng, strong=bool(rng.random() < 0.25)))
+
+
+def _uned_landmark(rng: np.random.Generator, class_id: int, assets: _Assets) -> _Landmark:
+    """A landmark facade whose wall takes the class colour around a mural drawn from the bundled photos."""
+    kind = _KINDS[str(rng.choice(list(_KINDS)))]
+    style = replace(_sample_style(rng), wall=_hsv(*_class_colour(class_id)))
+    tile = assets.tiles[int(rng.integers(len(assets.tiles)))]
+    return _make_landmark(f"uned_landmark_{class_id}", _facade(rng, kind, style, tile, assets))
+
+
+def _uned_landmark_view(
+    rng: np.random.Generator, lm: _Landmark, k: int, frame: tuple[int, int], generics: list[_Landmark], assets: _Assets
+) -> Image.Image:
+    """View ``k`` of a landmark, in portrait one time in four: a clean query-like shot first, then alternately hard
+    and easy views."""
+    frame = frame[::-1] if rng.random() < 0.25 else frame
+    target = "query" if k == 0 else ("hard" if k % 2 else "easy")
+    return _landmark_shot(rng, lm, target, frame, generics, assets).image
+
+
+@dataclass(frozen=True)
+class _UnedDomain:
+    """How a demo UnED domain is drawn: photo frame ``(w, h)``, the model of a class and the renderer of a view."""
+
+    frame: tuple[int, int]
+    model: Callable[[np.random.Generator, int, _Assets], Any]
+    view: Callable[[np.random.Generator, Any, int, tuple[int, int], list[_Landmark], _Assets], Image.Image]
+
+
+_UNED_RENDERERS = {
+    "cars": _UnedDomain((160, 112), _car_model, _car_view),
+    "inshop": _UnedDomain((112, 144), _garment, _garment_view),
+    "gldv2": _UnedDomain((144, 112), _uned_landmark, _uned_landmark_view),
+}
+_U_CLASS, _U_VIEW, _U_IDS = range(3)
+
+
+@dataclass(frozen=True)
+class _UnedClass:
+    """A class of a UnED demo domain: its id and, for each view, the split file that lists it."""
+
+    class_id: int
+    splits: tuple[str, ...]
+
+
+def _uned_classes(config: DemoConfig, domain: str) -> list[_UnedClass]:
+    """The domain's train, val, test (and index-only) classes, ids from 0, with the splits of their views.
+
+    The test split follows the official kNN split (:data:`irlib.data.uned.KNN_SPLITS`): a domain whose query split
+    is its index split lists every view of a test class in it; otherwise the first view is the query and the rest
+    go to the index split, which also holds the index-only classes.
+    """
+    n = config.uned_views
+    query_split, index_split = KNN_SPLITS["test"][domain]
+    val_query, val_index = KNN_SPLITS["val"][domain]
+    groups = [
+        (config.uned_train_classes, ("train",) * n),
+        (config.uned_val_classes, (val_query,) + (val_index,) * (n - 1)),
+        (config.uned_test_classes, (query_split,) + (index_split,) * (n - 1)),
+    ]
+    if index_split != query_split:
+        groups.append((config.uned_index_only_classes, (index_split,) * n))
+    classes: list[_UnedClass] = []
+    for count, splits in groups:
+        classes += [_UnedClass(len(classes) + i, splits) for i in range(count)]
+    return classes
+
+
+def _uned_total(config: DemoConfig) -> int:
+    return sum(len(c.splits) for d in config.uned_domains for c in _uned_classes(config, d))
+
+
+def _uned_path(rng: np.random.Generator, domain: str, split: str, cls: _UnedClass, k: int, item: int) -> str:
+    """Image path relative to ``images/``, in the style of the domain's source dataset (``datasets.md`` §6.2)."""
+    if domain == "cars":
+        return f"cars/car_ims/{item:06d}.jpg"
+    if domain == "inshop":
+        view = _GARMENT_VIEWS[k] if k < len(_GARMENT_VIEWS) else "additional"
+        return f"inshop/img/id_{cls.class_id + 1:08d}/01_{k + 1}_{view}.jpg"
+    image_id = rng.bytes(8).hex()
+    folder = "train" if split in ("train", "val") else split
+    return f"gldv2/images/{folder}/{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
+
+
+def _write_uned(
+    root: Path, config: DemoConfig, generics: list[_Landmark], assets: _Assets, bar: tqdm
+) -> dict[str, dict[str, int]]:
+    """Write ``<root>/info_files/<domain>/<split>.json`` and ``<root>/images/``; return entries per domain and split.
+
+    Class ``c`` of domain ``d`` is drawn from the stream ``(seed, _S_UNED, domain index, _U_CLASS, c)`` and its
+    view ``k`` from ``(seed, _S_UNED, domain index, _U_VIEW, c, k)``.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for domain in config.uned_domains:
+        di = DOMAINS.index(domain)
+        renderer = _UNED_RENDERERS[domain]
+        ids = _rng(config.seed, _S_UNED, di, _U_IDS)
+        entries: dict[str, list[dict[str, object]]] = {}
+        item = 0
+        for cls in _uned_classes(config, domain):
+            model = renderer.model(_rng(config.seed, _S_UNED, di, _U_CLASS, cls.class_id), cls.class_id, assets)
+            for k, split in enumerate(cls.splits):
+                rng = _rng(config.seed, _S_UNED, di, _U_VIEW, cls.class_id, k)
+                img = renderer.view(rng, model, k, renderer.frame, generics, assets)
+                item += 1
+                path = _uned_path(ids, domain, split, cls, k, item)
+                (root / "images" / path).parent.mkdir(parents=True, exist_ok=True)
+                _save(img, root / "images" / path, config)
+                entries.setdefault(split, []).append({"path": path, "class_id": cls.class_id})
+                bar.update()
+        folder = root / "info_files" / domain
+        folder.mkdir(parents=True)
+        for split, rows in entries.items():
+            (folder / f"{split}.json").write_text(json.dumps(rows))
+        counts[domain] = {split: len(rows) for split, rows in sorted(entries.items())}
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------- ILIAS
+
+
+# Object kind -> (taxonomy path category/subcategory/subsubcategory, noun of its text query).
+_OBJECTS: dict[str, tuple[tuple[str, str, str], str]] = {
+    "box": (("product", "food", "other"), "cardboard box"),
+    "can": (("product", "drink", "beer"), "drink can"),
+    "bottle": (("product", "drink", "other"), "bottle"),
+    "book": (("media", "book", "other"), "book"),
+    "mug": (("household", "tableware", "cup"), "mug"),
+    "pin": (("fashion", "accessory", "pin"), "round pin badge"),
+    "earrings": (("fashion", "jewelry", "other"), "pair of drop earrings"),
+}
+_ADJECTIVES = (
+    "bouncy",
+    "breezy",
+    "brisk",
+    "cozy",
+    "dandy",
+    "frisky",
+    "glowy",
+    "jolly",
+    "loopy",
+    "perky",
+    "plucky",
+    "snuggy",
+    "spry",
+    "wavy",
+    "zesty",
+    "playful",
+)
+_SYLLABLES = (
+    "bim",
+    "blo",
+    "bop",
+    "dle",
+    "dorf",
+    "dri",
+    "flu",
+    "glo",
+    "ket",
+    "ling",
+    "nib",
+    "noo",
+    "plin",
+    "pop",
+    "snoo",
+    "tif",
+    "toop",
+    "zib",
+)
+# Positive scale (box area / image area) and clutter ranges, one per official group (ilias evaluation/src/dataset.py
+# SCALE_GROUPS and CLUTTER_GROUPS, lines 8-14); the last upper bounds are the demo's own.
+_SCALE_RANGES = ((0.02, 0.0688), (0.0688, 0.1352), (0.1353, 0.2729), (0.273, 0.5))
+_CLUTTER_RANGES = ((2, 18), (18, 33), (33, 53), (53, 76))
+_ILIAS_FRAME = (192, 144)
+_I_PLAN, _I_INSTANCE, _I_COUNTS, _I_QUERY, _I_POS, _I_POOL, _I_KEYS, _I_DISTRACTOR = range(8)
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """An ILIAS object instance: folder name, number ``NNN``, kind, HSV colour and the sprite of one piece."""
+
+    name: str
+    number: int
+    kind: str
+    colour: tuple[float, float, float]
+    piece: _Landmark
+
+    @property
+    def pieces(self) -> int:
+        return 2 if self.kind == "earrings" else 1
+
+
+def _object_piece(
+    rng: np.random.Generator, kind: str, colour: tuple[float, float, float], photo: Image.Image
+) -> _Landmark:
+    """Sprite of one object (one earring of a pair) printed with a region of ``photo``."""
+    hue, sat, val = colour
+    main, light, dark = _hsv(hue, sat, val), _hsv(hue, sat * 0.6, min(1.0, val * 1.25)), _hsv(hue, sat, val * 0.6)
+    contrast = _hsv(hue + 0.5, rng.uniform(0.2, 0.7), rng.uniform(0.2, 0.95))
+    metal = _hsv(0.12, rng.choice([0.0, 0.45]), 0.8)
+    shading = None
+    if kind == "box":
+        fw, fh, dep = 120, 160, 22
+        canvas = _Canvas((fw + dep, fh + dep))
+        canvas.draw("polygon", [(0, dep), (dep, 0), (fw + dep, 0), (fw, dep)], light)
+        canvas.draw("polygon", [(fw, dep), (fw + dep, 0), (fw + dep, fh), (fw, fh + dep)], dark)
+        canvas.draw("rectangle", (0, dep, fw, fh + dep), main)
+        canvas.draw("rectangle", (0, dep + 8, fw, dep + 26), contrast)
+        canvas.rgb.paste(_fit_crop(rng, photo, fw - 20, fh - 60, rng.uniform(0.6, 1.0)), (10, dep + 34))
+    elif kind == "can":
+        w, h = 90, 160
+        canvas = _Canvas((w, h))
+        canvas.draw("rectangle", (0, 8, w, h - 8), main)
+        canvas.rgb.paste(_fit_crop(rng, photo, w, h - 70, rng.uniform(0.6, 1.0)), (0, 30))
+        canvas.draw("ellipse", (0, h - 16, w - 1, h - 1), metal)
+        canvas.draw("ellipse", (0, 0, w - 1, 16), metal)
+        shading = _cylinder(w, h)
+    elif kind == "bottle":
+        w, h = 80, 200
+        canvas = _Canvas((w, h))
+        canvas.draw("rectangle", (28, 0, 52, 18), contrast)
+        canvas.draw("rectangle", (30, 16, 50, 62), main)
+        canvas.draw("polygon", [(30, 60), (50, 60), (w - 1, 100), (0, 100)], main)
+        canvas.draw("rounded_rectangle", (0, 96, w - 1, h - 1), main, radius=10)
+        canvas.rgb.paste(_fit_crop(rng, photo, w, 56, rng.uniform(0.6, 1.0)), (0, 120))
+        shading = _cylinder(w, h)
+    elif kind == "book":
+        w, h = 130, 175
+        canvas = _Canvas((w, h))
+        canvas.draw("rectangle", (0, 0, w - 1, h - 1), main)
+        canvas.draw("rectangle", (0, 0, 12, h - 1), dark)
+        canvas.rgb.paste(_fit_crop(rng, photo, 104, 90, rng.uniform(0.6, 1.0)), (18, 24))
+        canvas.draw("rectangle", (18, 124, 122, 140), contrast)
+        canvas.draw("rectangle", (18, 148, 90, 154), dark)
+    elif kind == "mug":
+        w, h = 150, 120
+        canvas = _Canvas((w, h))
+        canvas.draw("ellipse", (96, 22, 148, 96), main, width=12)
+        canvas.draw("rounded_rectangle", (0, 0, 112, h - 1), main, radius=8)
+        canvas.rgb.paste(_fit_crop(rng, photo, 88, 72, rng.uniform(0.6, 1.0)), (12, 22))
+        canvas.draw("ellipse", (0, 0, 112, 10), light)
+        shading = _cylinder(w, h, 0, 112)
+    elif kind == "pin":
+        w = h = 110
+        canvas = _Canvas((w, h))
+        canvas.draw("ellipse", (0, 0, w - 1, h - 1), main)
+        canvas.rgb.paste(_fit_crop(rng, photo, 90, 90, rng.uniform(0.5, 0.9)), (10, 10), _shape_mask("round", 90, 90))
+        canvas.draw("arc", (6, 6, w - 7, h - 7), light, start=200, end=260, width=3)
+    else:  # one drop earring
+        w, h = 60, 96
+        canvas = _Canvas((w, h))
+        canvas.draw("arc", (20, 0, 40, 20), metal, start=180, end=360, width=3)
+        canvas.draw("rectangle", (28, 10, 32, 28), metal)
+        canvas.draw("ellipse", (0, 26, w - 1, h - 1), main)
+        canvas.rgb.paste(_fit_crop(rng, photo, 48, 48, rng.uniform(0.4, 0.8)), (6, 36), _shape_mask("round", 48, 48))
+    return canvas.sprite(kind, shading)
+
+
+def _ilias_plan(config: DemoConfig, assets: _Assets) -> tuple[list[_Instance], list[_Instance]]:
+    """The instances (distinct prints, names ``adjective_noun_NNN``) and a pool of look-alike non-instances.
+
+    Pool object ``j`` copies the kind and colour of instance ``j`` with another print (a hard negative); pool prints
+    come from the photo regions no instance uses and the posters.
+    """
+    plan = _rng(config.seed, _S_ILIAS, _I_PLAN)
+    numbers = sorted(int(n) for n in plan.choice(1000, config.ilias_instances, replace=False))
+    tiles = [assets.tiles[i] for i in plan.permutation(len(assets.tiles))]
+    spare = tiles[config.ilias_instances :] + list(assets.posters)
+    kinds = [list(_OBJECTS)[i] for i in plan.permutation(len(_OBJECTS))]
+    instances, pool = [], []
+    for i, number in enumerate(numbers):
+        rng = _rng(config.seed, _S_ILIAS, _I_INSTANCE, i)
+        noun = "".join(str(s) for s in rng.choice(_SYLLABLES, int(rng.integers(2, 4))))
+        name = f"{rng.choice(_ADJECTIVES)}_{noun}_{number:03d}"
+        kind = kinds[i % len(kinds)]
+        colour = (float(rng.random()), rng.uniform(0.4, 0.9), rng.uniform(0.45, 0.9))
+        instances.append(_Instance(name, number, kind, colour, _object_piece(rng, kind, colour, tiles[i])))
+        rng = _rng(config.seed, _S_ILIAS, _I_POOL, i)
+        photo = spare[int(rng.integers(len(spare)))]
+        pool.append(_Instance(f"pool_{i}", -1, kind, colour, _object_piece(rng, kind, colour, photo)))
+    return instances, pool
+
+
+def _ilias_counts(config: DemoConfig, i: int) -> tuple[int, int]:
+    """``(image queries, positives)`` of instance ``i``: 1-2 and 2-6."""
+    rng = _rng(config.seed, _S_ILIAS, _I_COUNTS, i)
+    return int(rng.integers(1, 3)), int(rng.integers(2, 7))
+
+
+def _ilias_total(config: DemoConfig) -> int:
+    return sum(sum(_ilias_counts(config, i)) for i in range(config.ilias_instances)) + config.ilias_distractors
+
+
+def _put_object(
+    rng: np.random.Generator, scene: np.ndarray, obj: _Instance, area: float, turn: float, frame: tuple[int, int]
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Place ``obj`` (both earrings of a pair side by side) covering about ``area`` of the frame, turned up to
+    ``turn`` degrees, with a soft shadow; return the scene and the ``x y w h`` integer box of each piece."""
+    w, h = frame
+    scale = _fill_scale(obj.piece, frame, area / obj.pieces)
+    pixels = scale * min(w / obj.piece.size[0], h / obj.piece.size[1])
+    bw, bh = obj.piece.size[0] * pixels * (1.15 * obj.pieces - 0.15), obj.piece.size[1] * pixels
+    cx = rng.uniform(min(bw / 2, w / 2), max(w - bw / 2, w / 2))
+    cy = rng.uniform(min(bh / 2, h / 2), max(h - bh / 2, h / 2))
+    yaw, pitch, roll, dist = rng.uniform(-turn, turn), rng.uniform(-turn, turn) / 3, rng.uniform(-turn, turn) / 2, 3.0
+    boxes = []
+    for p in range(obj.pieces):
+        px = cx + (p - (obj.pieces - 1) / 2) * 1.15 * obj.piece.size[0] * pixels
+        layer, alpha = _place(obj.piece, _Pose(yaw, pitch, roll, scale, px, cy, dist), frame)
+        ys, xs = np.nonzero(alpha > 0.5)
+        if len(xs):
+            boxes.append((int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)))
+        scene = _composite(_shadow(scene, alpha, 3, 4, 0.35), layer, alpha)
+    return scene, boxes
+
+
+def _ilias_query(rng: np.random.Generator, obj: _Instance) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
+    """An image query: the object large and nearly frontal on a clean studio backdrop."""
+    frame = _ILIAS_FRAME[::-1] if rng.random() < 0.4 else _ILIAS_FRAME
+    scene, boxes = _put_object(rng, _studio(rng, frame), obj, rng.uniform(0.2, 0.4), 12, frame)
+    return _finish(rng, scene, _look(rng, strong=False)), boxes
+
+
+def _cluttered_scene(
+    rng: np.random.Generator,
+    frame: tuple[int, int],
+    clutter: int,
+    pool: list[_Instance],
+    generics: list[_Landmark],
+    assets: _Assets,
+) -> np.ndarray:
+    """An indoor table or a street, with ``clutter`` items: look-alike pool objects (one per 15) and small shapes."""
+    h = frame[1]
+    if rng.random() < 0.35:
+        scene = _background(rng, frame, h * rng.uniform(0.4, 0.7), generics, n_buildings=int(rng.integers(0, 3)))
+    else:
+        scene = _indoor(rng, frame, assets)
+    n_objects = min(3, clutter // 15)
+    items, alpha = _clutter_items(rng, frame, clutter - n_objects)
+    scene = _composite(scene, items, alpha)
+    for _ in range(n_objects):
+        other = pool[int(rng.integers(len(pool)))]
+        scene, _ = _put_object(rng, scene, other, rng.uniform(0.03, 0.15), 40, frame)
+    return scene
+
+
+def _ilias_positive(
+    rng: np.random.Generator, obj: _Instance, pool: list[_Instance], generics: list[_Landmark], assets: _Assets
+) -> tuple[Image.Image, list[tuple[int, int, int, int]], float, int]:
+    """A positive: the object in clutter, at a scale and a clutter level drawn across the official groups, turned,
+    under varied light; returns ``(image, boxes, scale, clutter)`` with scale = box area / image area."""
+    frame = _ILIAS_FRAME[::-1] if rng.random() < 0.3 else _ILIAS_FRAME
+    lo, hi = _SCALE_RANGES[int(rng.integers(len(_SCALE_RANGES)))]
+    c_lo, c_hi = _CLUTTER_RANGES[int(rng.integers(len(_CLUTTER_RANGES)))]
+    clutter = int(rng.integers(c_lo, c_hi))
+    scene = _cluttered_scene(rng, frame, clutter, pool, generics, assets)
+    scene, boxes = _put_object(rng, scene, obj, rng.uniform(lo, hi), 35, frame)
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    scale = (x1 - x0) * (y1 - y0) / (frame[0] * frame[1])
+    return _finish(rng, scene, _look(rng, strong=bool(rng.random() < 0.2))), boxes, scale, clutter
+
+
+def _ilias_distractor(
+    rng: np.random.Generator, pool: list[_Instance], generics: list[_Landmark], assets: _Assets
+) -> Image.Image:
+    """A distractor: a street of ordinary buildings, or clutter with look-alike objects but no instance."""
+    frame = _ILIAS_FRAME[::-1] if rng.random() < 0.3 else _ILIAS_FRAME
+    if rng.random() < 0.35:
+        return _clutter_shot(rng, frame, generics)
+    scene = _cluttered_scene(rng, frame, int(rng.integers(15, 70)), pool, generics, assets)
+    return _finish(rng, scene, _look(rng, strong=bool(rng.random() < 0.2)))
+
+
+def _colour_name(hsv: tuple[float, float, float]) -> str:
+    hue, sat, val = hsv
+    if val < 0.3:
+        return "black"
+    if sat < 0.2:
+        return "white" if val > 0.8 else "grey"
+    names = (
+        (0.04, "red"),
+        (0.1, "orange"),
+        (0.18, "yellow"),
+        (0.45, "green"),
+        (0.55, "teal"),
+        (0.72, "blue"),
+        (0.82, "purple"),
+        (0.95, "pink"),
+        (1.0, "red"),
+    )
+    return next(name for bound, name in names if hue % 1.0 < bound)
+
+
+def _text_query(obj: _Instance) -> str:
+    colour = _colour_name(obj.colour)
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{article} {colour} {_OBJECTS[obj.kind][1]} with a printed photograph on it\n"
+
+
+def _box_lines(boxes: list[tuple[int, int, int, int]]) -> str:
+    return "".join(f"{x} {y} {w} {h}\n" for x, y, w, h in boxes)
+
+
+def _write_ilias(
+    root: Path, config: DemoConfig, generics: list[_Landmark], assets: _Assets, bar: tqdm
+) -> dict[str, int]:
+    """Write the ILIAS layout under ``root``; return counts.
+
+    ``ilias_core/<name>/query/QNNN_yy.jpg`` (+ ``_bbox.txt``) and ``TNNN.txt``, ``pos/PNNN_zz.jpg`` (+ ``_bbox.txt``
+    for about 4 in 5), ``image_ids/`` (``image_query_ids.txt`` rows ``id,x y w h`` of the union box,
+    ``text_query_ids.txt``, ``positive_ids.txt`` rows ``id,scale,clutter``, ``distractor_ids.txt.gz`` of
+    ``<shard>.tar/<key>`` ids (the shard's file name, as ilias ``generators.py`` forms them) and
+    ``mini_ilias_yfcc100m_ids.txt``, a third of the distractors' keys), ``misc/taxonomy.json``
+    and the distractors as ``yfcc100m/NNNNNN.tar`` shards of ``<8-digit key>.jpg`` members. The mini list holds bare
+    keys, as the official code matches it against webdataset keys (ilias ``feature_extraction/src/datasets/
+    generators.py`` ``in_shortlist``; ``knn_search/src/dataset.py`` ``filter``).
+    """
+    instances, pool = _ilias_plan(config, assets)
+    core = root / "ilias_core"
+    query_rows, text_ids, positive_rows = [], [], []
+    taxonomy: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for i, obj in enumerate(instances):
+        n_queries, n_positives = _ilias_counts(config, i)
+        (core / obj.name / "query").mkdir(parents=True)
+        (core / obj.name / "pos").mkdir()
+        for q in range(n_queries):
+            image, boxes = _ilias_query(_rng(config.seed, _S_ILIAS, _I_QUERY, i, q), obj)
+            image_id = f"{obj.name}/query/Q{obj.number:03d}_{q:02d}.jpg"
+            _save(image, core / image_id, config)
+            (core / image_id).with_name(f"Q{obj.number:03d}_{q:02d}_bbox.txt").write_text(_box_lines(boxes))
+            x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+            x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+            query_rows.append(f"{image_id},{x0} {y0} {x1 - x0} {y1 - y0}")
+            bar.update()
+        text_id = f"{obj.name}/query/T{obj.number:03d}.txt"
+        (core / text_id).write_text(_text_query(obj))
+        text_ids.append(text_id)
+        for z in range(n_positives):
+            rng = _rng(config.seed, _S_ILIAS, _I_POS, i, z)
+            image, boxes, scale, clutter = _ilias_positive(rng, obj, pool, generics, assets)
+            image_id = f"{obj.name}/pos/P{obj.number:03d}_{z:02d}.jpg"
+            _save(image, core / image_id, config)
+            if rng.random() < 0.8:
+                (core / image_id).with_name(f"P{obj.number:03d}_{z:02d}_bbox.txt").write_text(_box_lines(boxes))
+            positive_rows.append(f"{image_id},{scale},{clutter}")
+            bar.update()
+        category, sub, subsub = _OBJECTS[obj.kind][0]
+        taxonomy.setdefault(category, {}).setdefault(sub, {}).setdefault(subsub, []).append(obj.name)
+
+    ids = root / "image_ids"
+    ids.mkdir()
+    for name, rows in (
+        ("image_query_ids.txt", query_rows),
+        ("text_query_ids.txt", text_ids),
+        ("positive_ids.txt", positive_rows),
+    ):
+        (ids / name).write_text("".join(f"{row}\n" for row in sorted(rows)))
+    (root / "misc").mkdir()
+    (root / "misc" / "taxonomy.json").write_text(json.dumps(taxonomy, indent=2) + "\n")
+
+    key_rng = _rng(config.seed, _S_ILIAS, _I_KEYS)
+    keys = sorted(int(k) for k in key_rng.choice(10**8, config.ilias_distractors, replace=False))
+    shards = np.array_split(np.arange(config.ilias_distractors), config.ilias_shards)
+    (root / "yfcc100m").mkdir()
+    distractor_ids = []
+    for s, members in enumerate(shards):
+        with tarfile.open(root / "yfcc100m" / f"{s:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+            for j in members:
+                image = _ilias_distractor(_rng(config.seed, _S_ILIAS, _I_DISTRACTOR, int(j)), pool, generics, assets)
+                data = _jpeg_bytes(image, config)
+                info = tarfile.TarInfo(f"{keys[j]:08d}.jpg")  # mtime, owner and mode keep their fixed defaults
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                distractor_ids.append(f"{s:06d}.tar/{keys[j]:08d}")  # official ids keep ".tar"
+                bar.update()
+    with gzip.GzipFile(ids / "distractor_ids.txt.gz", "wb", mtime=0) as f:
+        f.write("".join(f"{i}\n" for i in distractor_ids).encode())
+    mini = sorted(key_rng.choice(len(keys), max(1, len(keys) // 3), replace=False))
+    (ids / "mini_ilias_yfcc100m_ids.txt").write_text("".join(f"{keys[j]:08d}\n" for j in mini))
+    return {
+        "instances": len(instances),
+        "image_queries": len(query_rows),
+        "text_queries": len(text_ids),
+        "positives": len(positive_rows),
+        "distractors": len(distractor_ids),
+        "mini_distractors": len(mini),
+        "shards": len(shards),
+    }

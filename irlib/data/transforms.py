@@ -80,6 +80,19 @@ def _delg(size: int, norm: T.Normalize) -> T.Compose:
     return T.Compose([T.RandomResizedCrop(size, scale=(0.1, 1.0), ratio=(3 / 4, 4 / 3)), T.ToTensor(), norm])
 
 
+def _uned(size: int, norm: T.Normalize) -> T.Compose:
+    """Universal-Image-Embeddings ``datasets.py`` (lines 31-32, 76-84): squash to (size + 32)², random crop, flip."""
+    return T.Compose(
+        [
+            T.Resize((size + 32, size + 32), interpolation=T.InterpolationMode.BILINEAR),
+            T.RandomCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            norm,
+        ]
+    )
+
+
 _PRESETS: dict[str, tuple[Callable[[int, T.Normalize], T.Compose], str]] = {
     "spca": (
         _spca,
@@ -96,6 +109,10 @@ _PRESETS: dict[str, tuple[Callable[[int, T.Normalize], T.Compose], str]] = {
     "delg": (
         _delg,
         "DELG (DELF TF2): ImageNet-style crop (area 0.1-1, ratio 3/4-4/3), no flip, no colour jitter",
+    ),
+    "uned": (
+        _uned,
+        "UnED baselines: resize to 256 x 256 (aspect not kept), random 224 crop, flip (at image_size 224)",
     ),
 }
 

@@ -29,7 +29,18 @@ import numpy as np
 
 from irlib.data.train_set import OnMissing, PathList, TrainSet, read_label_map
 
-__all__ = ["DOMAINS", "KNN_SPLITS", "SPLITS", "UNED_SIZES", "UnEDKnn", "escaped_path", "uned_knn", "uned_split"]
+__all__ = [
+    "DOMAINS",
+    "KNN_SPLITS",
+    "SPLITS",
+    "UNED_SIZES",
+    "UnEDKnn",
+    "escaped_path",
+    "image_domains",
+    "label_domains",
+    "uned_knn",
+    "uned_split",
+]
 
 DOMAINS: tuple[str, ...] = ("cars", "sop", "inshop", "inat", "met", "gldv2", "food2k", "rp2k")
 """The 8 UnED domains, in the order of their domain index (``dataset_infos.py``)."""
@@ -125,6 +136,29 @@ def uned_split(
         on_missing=on_missing,
         info=info,
     )
+
+
+def label_domains(dataset: TrainSet) -> np.ndarray:
+    """``(C,)`` int64: the domain of every contiguous label of a :func:`uned_split` set, as an index into
+    ``dataset.info["domains"]``, read off the label's original (offset) id and the domains' ``[offset, offset +
+    width)`` ranges; a per-domain classifier and the domain samplers use it."""
+    info = dataset.info
+    if info.get("source") != "uned" or "domain_offsets" not in info:
+        raise ValueError(f"dataset {dataset.name!r} is not a UnED split: its info has no domain offsets")
+    names = info["domains"]
+    starts = np.array([info["domain_offsets"][d] for d in names], dtype=np.int64)
+    stops = starts + np.array([info["domain_widths"][d] for d in names], dtype=np.int64)
+    ids = dataset.original_ids
+    domain = np.searchsorted(starts, ids, side="right") - 1
+    if len(ids) and (domain.min() < 0 or (ids >= stops[domain]).any()):
+        raise ValueError(f"dataset {dataset.name!r}: label ids outside every domain's range {starts}-{stops}")
+    return domain.astype(np.int64)
+
+
+def image_domains(dataset: TrainSet) -> np.ndarray:
+    """``(N,)`` int64: the domain index (into ``dataset.info["domains"]``) of every image of a :func:`uned_split`
+    set."""
+    return label_domains(dataset)[dataset.labels]
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,7 +4,9 @@ The default pipeline is revisitop/cirtorch's test code (Radenović et al., TPAMI
 Pillow's ``thumbnail`` (never enlarged) so their longer side is at most ``image_size``; a query is cropped to its
 box first and shrunk to ``image_size * max(crop) / max(full image)``, so the crop keeps the scale it has in the
 resized full image; the normalised tensor is resized by each scale (bilinear), each scale's descriptor is
-L2-normalised, the scales are averaged and the mean L2-normalised.
+L2-normalised, the scales are averaged and the mean L2-normalised. The universal benchmarks resize otherwise
+(``ExtractConfig.resize``): ILIAS sets the longer side to exactly 512 px, UnED the shorter side to 224 px and crops
+the centre square. Images are files or members of tar shards (:class:`~irlib.data.images.TarMember`).
 
 Each method's official test pipeline is a named preset (:data:`PRESETS`, :func:`preset`): the numbers of a
 released checkpoint move by tenths of mAP with the resize implementation, crop rounding and scale set, so every
@@ -32,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from irlib.data.images import load_image
+from irlib.data.images import ImageRef, TarMember, as_image_ref, load_image
 from irlib.data.revisited import CROP_MODES, RevisitedDataset, crop_query
 from irlib.io import save_npy, write_json
 from irlib.models.base import RetrievalModel, to_channels_last
@@ -46,6 +48,8 @@ _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
 }
 SCALE_RESIZES: tuple[str, ...] = ("tensor-bilinear", "cv2-area-linear", "cv2-linear")
+RESIZES: tuple[str, ...] = ("thumbnail", "long-side", "short-side-crop")
+EXIF_TRANSPOSES: tuple[str, ...] = ("never", "files", "always")
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class ExtractConfig:
     """Extraction settings; every field that changes the descriptors is recorded with results and cache keys.
 
     Attributes:
-        image_size: longest image side (Pillow ``thumbnail``: shrink only); ``None`` keeps the original size.
+        image_size: the side that ``resize`` sets; ``None`` keeps the original size (``thumbnail`` only).
         scales: resize factors of the multi-scale pyramid.
         scale_resize: how each scale is made: ``"tensor-bilinear"`` resizes the normalised tensor
             (``F.interpolate``, cirtorch/SpCa); ``"cv2-area-linear"`` resizes the uint8 image with OpenCV,
@@ -62,7 +66,16 @@ class ExtractConfig:
         min_scale_side: skip a scale whose shorter side would fall below this many pixels (SpCa: 36).
         crop_queries: crop queries to their box (the revisited protocol does).
         crop_mode: ``"round"`` (revisitop, Pillow) or ``"trunc"`` (CVNet/SuperGlobal/DOLG).
-        interpolation: Pillow filter of the max-side shrink.
+        interpolation: Pillow filter of the ``thumbnail`` and ``long-side`` resizes.
+        resize: ``"thumbnail"``: Pillow ``thumbnail`` to a longer side of at most ``image_size`` (shrink only; a
+            query crop is shrunk by the factor of its full image), as cirtorch. ``"long-side"``: Pillow ``resize``
+            to a longer side of exactly ``image_size``, enlarging too (ILIAS ``LargeSideResize``, see
+            :func:`long_side_resize`). ``"short-side-crop"``: the shorter side to ``image_size`` by bilinear
+            interpolation without antialiasing, then the centre square (UnED, see :func:`short_side_center_crop`).
+            The last two resize a query crop itself to ``image_size``.
+        exif_transpose: apply the EXIF orientation: ``"never"`` (revisitop), ``"always"``, or ``"files"``: image
+            files are transposed, tar-shard members are not (ILIAS: core images go through ``ImageOps.exif_transpose``,
+            the YFCC100M shards through webdataset's decoder, which does not transpose).
         fp16: store descriptors as float16 (computed in float32).
         preset: the name of the preset these settings came from, if any (recorded only).
         batch_size: images of equal size per forward pass; ``None``: 1 on CPU (larger CPU batches measured
@@ -79,6 +92,8 @@ class ExtractConfig:
     crop_queries: bool = True
     crop_mode: str = "round"
     interpolation: str = "lanczos"
+    resize: str = "thumbnail"
+    exif_transpose: str = "never"
     fp16: bool = False
     preset: str | None = None
     batch_size: int | None = None
@@ -97,6 +112,12 @@ class ExtractConfig:
             raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation must be one of {tuple(_RESAMPLE)}, got {self.interpolation!r}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {self.resize!r}")
+        if self.resize != "thumbnail" and self.image_size is None:
+            raise ValueError(f"resize={self.resize!r} needs an image_size")
+        if self.exif_transpose not in EXIF_TRANSPOSES:
+            raise ValueError(f"exif_transpose must be one of {EXIF_TRANSPOSES}, got {self.exif_transpose!r}")
         if (self.batch_size is not None and self.batch_size < 1) or self.num_workers < 0:
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -138,6 +159,25 @@ PRESETS: dict[str, ExtractConfig] = {
     ),
     # SpCa/Token (deleted train.py test()): cirtorch loading at 1024, scales 1, sqrt2, 1/sqrt2, skip sides < 36.
     "spca": ExtractConfig(preset="spca", image_size=1024, scales=(1.0, SQRT2, 1 / SQRT2), min_scale_side=36),
+    # ILIAS feature_extraction/extract.py defaults: RESIZE_LARGE at --resolution 512 (lines 355-367; models.sh uses
+    # 384 for some models), one scale (line 56, --multiscale False), full queries (--masking/--crop_resize False,
+    # lines 386-397), fp16 storage (--store_fp16, lines 428-433). transforms.py:71-78, 105-121: LargeSideResize is
+    # img.resize to a longer side of 512 with Pillow's default filter (bicubic), CenterPadding(min_size=0) pads
+    # nothing. generators.py:319-323 EXIF-transposes the core images; the shards' webdataset decode does not.
+    "ilias": ExtractConfig(
+        preset="ilias",
+        image_size=512,
+        scales=(1.0,),
+        crop_queries=False,
+        interpolation="bicubic",
+        resize="long-side",
+        exif_transpose="files",
+        fp16=True,
+    ),
+    # UnED universal_embedding/datasets.py:87-98, 121-142 (_process_test_split, used for kNN evaluation and
+    # descriptor extraction, lines 231-236, 270-272): shorter side to IMAGE_SIZE = 224 (line 32) by tf.image.resize
+    # BILINEAR, the longer one int-truncated, centre 224 x 224 crop; one scale; decode_jpeg without EXIF.
+    "uned": ExtractConfig(preset="uned", image_size=224, scales=(1.0,), crop_queries=False, resize="short-side-crop"),
 }
 
 
@@ -168,13 +208,38 @@ def scale_image(img: np.ndarray, scale: float, mode: str) -> np.ndarray:
     raise ValueError(f"unknown image-level scale mode {mode!r}")
 
 
+def long_side_resize(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """Resize to a longer side of exactly ``size`` (enlarging too), the other side ``int``-truncated as ilias
+    ``feature_extraction/src/datasets/transforms.py:113-121`` (``LargeSideResize``) computes it."""
+    w, h = img.size
+    ar = h / w
+    new_h = max(1, int(size * ar) if ar <= 1 else size)
+    new_w = max(1, int(size / ar) if ar > 1 else size)
+    return img.resize((new_w, new_h), resample)
+
+
+def short_side_center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """``(size, size, 3)`` float32 centre crop of an ``(H, W, 3)`` image resized to a shorter side of ``size``.
+
+    As UnED ``universal_embedding/datasets.py:87-142``: the longer side becomes ``int(long / short * size)``, the
+    resize is ``tf.image.resize`` bilinear (half-pixel centres, no antialiasing: ``F.interpolate`` with
+    ``align_corners=False``) on the float image (no uint8 rounding), the crop offset is ``(long - short) // 2``.
+    """
+    h, w = img.shape[:2]
+    new_h, new_w = (size, int(w / h * size)) if h <= w else (int(h / w * size), size)
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)[0]
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x[:, top : top + size, left : left + size].permute(1, 2, 0).numpy()
+
+
 class _Images(Dataset):
     """Decoded, cropped, shrunk and normalised images: item ``i`` is ``(i, [(3, h, w) float tensor, ...])``,
     one tensor, or one per scale when scales are made from the uint8 image (``cv2-*``)."""
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[ImageRef],
         boxes: Sequence[Sequence[float] | None] | None,
         cfg: ExtractConfig,
         mean: Sequence[float],
@@ -195,15 +260,22 @@ class _Images(Dataset):
         return i, [self.normalise(scale_image(img, s, self.cfg.scale_resize)) for s in self.cfg.scales]
 
     def load(self, i: int) -> np.ndarray:
-        """The image as ``(H, W, 3)`` uint8 RGB after cropping and shrinking."""
-        img = load_image(self.paths[i], dataset=self.dataset)
+        """The image as ``(H, W, 3)`` RGB after cropping and resizing: uint8, float32 for ``short-side-crop``."""
+        ref, cfg = self.paths[i], self.cfg
+        transpose = cfg.exif_transpose == "always" or (cfg.exif_transpose == "files" and not isinstance(ref, TarMember))
+        img = load_image(ref, dataset=self.dataset, exif_transpose=transpose)
         full_side = max(img.size)
         box = self.boxes[i] if self.boxes is not None else None
         if box is not None:
-            img = crop_query(img, box, self.cfg.crop_mode)  # type: ignore[arg-type]
-        if self.cfg.image_size is not None:
-            side = self.cfg.image_size * max(img.size) / full_side
-            img.thumbnail((side, side), _RESAMPLE[self.cfg.interpolation])
+            img = crop_query(img, box, cfg.crop_mode)  # type: ignore[arg-type]
+        if cfg.image_size is None:
+            return np.asarray(img)
+        if cfg.resize == "long-side":
+            return np.asarray(long_side_resize(img, cfg.image_size, _RESAMPLE[cfg.interpolation]))
+        if cfg.resize == "short-side-crop":
+            return short_side_center_crop(np.asarray(img), cfg.image_size)
+        side = cfg.image_size * max(img.size) / full_side
+        img.thumbnail((side, side), _RESAMPLE[cfg.interpolation])
         return np.asarray(img)
 
     def normalise(self, img: np.ndarray) -> torch.Tensor:
@@ -260,7 +332,7 @@ def multiscale_descriptor(
 
 def extract_descriptors(
     model: RetrievalModel,
-    paths: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike | TarMember],
     *,
     boxes: Sequence[Sequence[float] | None] | None = None,
     cfg: ExtractConfig = ExtractConfig(),
@@ -270,7 +342,8 @@ def extract_descriptors(
     out: np.ndarray | None = None,
     done: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Descriptors ``(len(paths), D)`` (float32, or float16 with ``cfg.fp16``) of images, cropped to ``boxes``.
+    """Descriptors ``(len(paths), D)`` (float32, or float16 with ``cfg.fp16``) of images (files or tar members),
+    cropped to ``boxes``.
 
     The model maps ``(B, 3, H, W)`` images normalised with ``model.data_config`` (``mean``/``std``, RGB) to
     ``(B, D)`` descriptors, ``D = model.feat_dim``. With ``out`` and ``done`` (a boolean mask per image, set batch
@@ -285,7 +358,7 @@ def extract_descriptors(
     model.eval().to(device)
     nhwc = cfg.channels_last and to_channels_last(model)
     memory_format = torch.channels_last if nhwc else torch.contiguous_format
-    images = _Images([Path(p) for p in paths], boxes, cfg, data_config["mean"], data_config["std"], dataset)
+    images = _Images([as_image_ref(p) for p in paths], boxes, cfg, data_config["mean"], data_config["std"], dataset)
     if out is None:
         out = np.empty((len(paths), model.feat_dim), dtype=np.float16 if cfg.fp16 else np.float32)
     if done is None:
@@ -319,13 +392,38 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _image_states(paths: Sequence[Path]) -> np.ndarray:
-    """Each image's ``"size|mtime_ns"`` (``"missing"`` when absent): what tells a changed file."""
+def _image_states(paths: Sequence[str | os.PathLike | TarMember]) -> np.ndarray:
+    """Each image's ``"size|mtime_ns"`` (``"missing"`` when absent): what tells a changed file. A tar member's is its
+    shard's, followed by ``"|offset|size"`` of the member (each shard is looked at once)."""
+    shards: dict[Path, str] = {}
+
+    def state(path: Path) -> str:
+        st = path.stat() if path.exists() else None
+        return f"{st.st_size}|{st.st_mtime_ns}" if st else "missing"
+
     states = []
     for p in paths:
-        st = Path(p).stat() if Path(p).exists() else None
-        states.append(f"{st.st_size}|{st.st_mtime_ns}" if st else "missing")
+        if isinstance(p, TarMember):
+            if p.shard not in shards:
+                shards[p.shard] = state(p.shard)
+            states.append(f"{shards[p.shard]}|{p.offset}|{p.size}")
+        else:
+            states.append(state(Path(p)))
     return np.array(states)
+
+
+def _image_names(paths: Sequence[str | os.PathLike | TarMember]) -> list[str]:
+    """The absolute names of images in cache keys: resolved paths, or ``<resolved shard>::<member name>``."""
+    shards: dict[Path, Path] = {}
+    names = []
+    for p in paths:
+        if isinstance(p, TarMember):
+            if p.shard not in shards:
+                shards[p.shard] = p.shard.resolve()
+            names.append(f"{shards[p.shard]}::{p.name}")
+        else:
+            names.append(str(Path(p).resolve()))
+    return names
 
 
 class FeatureCache:
@@ -342,7 +440,7 @@ class FeatureCache:
     @staticmethod
     def key(
         weights: str,
-        paths: Sequence[Path],
+        paths: Sequence[ImageRef],
         boxes: Sequence[Sequence[float] | None] | None,
         cfg: ExtractConfig,
         *,
@@ -351,7 +449,7 @@ class FeatureCache:
         """Cache key of descriptors from weights ``model_fingerprint(model)`` of ``paths`` with ``boxes``;
         ``partial``: the key of an unfinished extraction, over the image names only, so that fixing one image (which
         changes its size or time) still finds the rows of the others."""
-        images = [str(Path(p).resolve()) for p in paths]
+        images = _image_names(paths)
         if not partial:
             images = [f"{name}|{state}" for name, state in zip(images, _image_states(paths), strict=True)]
         boxes_ = None if boxes is None else [repr(b) for b in boxes]
@@ -375,7 +473,7 @@ class FeatureCache:
         save_npy(self.root / f"{key}.npy", array)
         write_json(self.root / f"{key}.json", meta)
 
-    def resume(self, key: str, paths: Sequence[Path], dim: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    def resume(self, key: str, paths: Sequence[ImageRef], dim: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """``(descriptors, done)`` of an unfinished extraction under partial ``key``: the rows of images that are
         unchanged since (size and time) count as done; fresh arrays when there is none."""
         out, done = np.empty((len(paths), dim), dtype=dtype), np.zeros(len(paths), dtype=bool)
@@ -391,7 +489,7 @@ class FeatureCache:
                 out[same], done[same] = saved[same], True
         return out, done
 
-    def keep(self, key: str, paths: Sequence[Path], out: np.ndarray, done: np.ndarray) -> None:
+    def keep(self, key: str, paths: Sequence[ImageRef], out: np.ndarray, done: np.ndarray) -> None:
         """Save an unfinished extraction under partial ``key`` (rows, which are done, and the images' states)."""
         save_npy(self.root / f"{key}.npy", out)
         write_json(self.root / f"{key}.json", {"done": done.tolist(), "images": _image_states(paths).tolist()})
@@ -423,37 +521,56 @@ def extract_revisited(
             f"{dataset.root} (and distractors as listed in their list file)"
         )
     boxes = dataset.bbx.tolist() if cfg.crop_queries else None
-    cache = FeatureCache(cache_dir) if cache_dir is not None else None
-    weights = model_fingerprint(model) if cache else ""
-    parts = []
-    for name, paths, part_boxes in (("queries", dataset.query_paths, boxes), ("database", dataset.db_paths, None)):
-        key = cache.key(weights, paths, part_boxes, cfg) if cache else None
-        feats = cache.load(key) if cache else None
-        if feats is None:
-            out = done = partial = None
-            if cache:
-                partial = cache.key(weights, paths, part_boxes, cfg, partial=True)
-                dtype = np.dtype(np.float16 if cfg.fp16 else np.float32)
-                out, done = cache.resume(partial, paths, model.feat_dim, dtype)
-            try:
-                feats = extract_descriptors(
-                    model,
-                    paths,
-                    boxes=part_boxes,
-                    cfg=cfg,
-                    dataset=dataset.name,
-                    desc=f"{dataset.name} {name}",
-                    progress=progress,
-                    out=out,
-                    done=done,
-                )
-            except BaseException:
-                if cache and done.any():  # a rerun after the failing image is fixed starts where this one stopped
-                    cache.keep(partial, paths, out, done)
-                raise
-            if cache:
-                meta = {"dataset": dataset.name, "part": name, "n": len(paths), "settings": cfg.settings()}
-                cache.save(key, feats, meta | {"model": model.config})
-                cache.drop(partial)
-        parts.append(feats)
-    return parts[0], parts[1]
+    return tuple(
+        extract_cached(
+            model,
+            paths,
+            part_boxes,
+            cfg,
+            cache_dir=cache_dir,
+            dataset=dataset.name,
+            desc=f"{dataset.name} {name}",
+            progress=progress,
+        )
+        for name, paths, part_boxes in (("queries", dataset.query_paths, boxes), ("database", dataset.db_paths, None))
+    )
+
+
+def extract_cached(
+    model: RetrievalModel,
+    paths: Sequence[ImageRef],
+    boxes: Sequence[Sequence[float] | None] | None,
+    cfg: ExtractConfig,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    desc: str = "extract",
+    progress: bool = True,
+) -> np.ndarray:
+    """:func:`extract_descriptors` through the :class:`FeatureCache` in ``cache_dir`` (None: no cache).
+
+    Descriptors computed before with the same weights, settings and image files are read back; an extraction that
+    fails keeps the rows it finished, and the next call extracts only the images not done or changed since.
+    """
+    if cache_dir is None:
+        return extract_descriptors(model, paths, boxes=boxes, cfg=cfg, dataset=dataset, desc=desc, progress=progress)
+    cache = FeatureCache(cache_dir)
+    weights = model_fingerprint(model)
+    key = cache.key(weights, paths, boxes, cfg)
+    feats = cache.load(key)
+    if feats is not None:
+        return feats
+    partial = cache.key(weights, paths, boxes, cfg, partial=True)
+    out, done = cache.resume(partial, paths, model.feat_dim, np.dtype(np.float16 if cfg.fp16 else np.float32))
+    try:
+        feats = extract_descriptors(
+            model, paths, boxes=boxes, cfg=cfg, dataset=dataset, desc=desc, progress=progress, out=out, done=done
+        )
+    except BaseException:
+        if done.any():  # a rerun after the failing image is fixed starts where this one stopped
+            cache.keep(partial, paths, out, done)
+        raise
+    meta = {"dataset": dataset, "part": desc, "n": len(paths), "settings": cfg.settings()}
+    cache.save(key, feats, meta | {"model": model.config})
+    cache.drop(partial)
+    return feats

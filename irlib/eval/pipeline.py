@@ -39,6 +39,7 @@ from irlib.eval.rerank import (
     reranker_params,
     shortlist_depth,
 )
+from irlib.eval.result import EvalResult
 from irlib.eval.revisited import PROTOCOLS, evaluate
 from irlib.eval.search import (
     ShortlistSearch,
@@ -49,33 +50,10 @@ from irlib.eval.search import (
 )
 from irlib.eval.search import search_params as fill_search_params
 from irlib.eval.shards import load_features, read_meta
+from irlib.eval.universal import Benchmark, evaluate_benchmark
 from irlib.io import atomic_path, sha256_file, write_json
 from irlib.models.base import RetrievalModel
 from irlib.provenance import library_versions, write_run
-
-
-@dataclass
-class EvalResult:
-    """What one evaluation produced.
-
-    Attributes:
-        metrics: the content of ``metrics.json`` (mAP and mP@k in percent, settings).
-        per_query: AP in percent per query (rows, by query name) and protocol (columns); NaN = no positive.
-        queries: query descriptors ``(n_queries, D)``.
-        database: database descriptors ``(n_db, D)``; with distractor features a :class:`StackedDatabase` of the
-            test descriptors and the memory-mapped distractors.
-        scores: exact search: ``(n_queries, n_db)`` scores whose descending order (ties by lower id) is the ranking
-            (after reranking, when one was chosen); None with a shortlist search.
-        ranks: shortlist search (``"faiss-flat"``, ``"ivfpq"``): ``(n_queries, shortlist)`` database ids, best first
-            (after reranking); None with exact search.
-    """
-
-    metrics: dict[str, Any]
-    per_query: pd.DataFrame
-    queries: np.ndarray
-    database: np.ndarray
-    scores: np.ndarray | None
-    ranks: np.ndarray | None = None
 
 
 @dataclass
@@ -172,7 +150,7 @@ def _rerank_shortlist(
 
 def evaluate_model(
     model: RetrievalModel,
-    dataset: RevisitedDataset,
+    dataset: RevisitedDataset | Benchmark,
     cfg: ExtractConfig = ExtractConfig(),
     *,
     kappas: Sequence[int] = (1, 5, 10),
@@ -199,7 +177,20 @@ def evaluate_model(
     augmentation before search (``O(N² D)``). The settings record the weights file's checksum (``weights_sha256``,
     None without a file) and ``state_dict_sha256``, :func:`irlib.eval.extract.model_fingerprint` of the model
     evaluated (built-in pretrained weights included).
+
+    A universal benchmark (:class:`irlib.eval.universal.Benchmark`: UnED, ILIAS, GLDv2 retrieval) is evaluated by
+    :func:`irlib.eval.universal.evaluate_benchmark` with ``cfg``, ``cache_dir``, ``search`` and ``search_params``;
+    reranking, αDBA and distractor features apply to revisited datasets only.
     """
+    if isinstance(dataset, Benchmark):
+        if rerank or dba or distractor_features:
+            raise ValueError(
+                f"{dataset.name}: reranking, alpha-DBA and distractor features apply to revisited datasets; the "
+                f"{dataset.protocol} protocol scores the descriptors' own ranking"
+            )
+        return evaluate_benchmark(
+            model, dataset, cfg, cache_dir=cache_dir, search=search, search_params=search_params, progress=progress
+        )
     t0 = time.perf_counter()
     fingerprint = model_fingerprint(model)
     distractors, meta = (
@@ -344,7 +335,8 @@ def save_result(result: EvalResult, out: str | os.PathLike) -> None:
 
 
 def summary_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per run (name -> metrics.json content): mAP and mP@k per protocol, in percent."""
+    """One row per run (name -> metrics.json content), in percent: mAP and mP@k per protocol of a revisited run, the
+    headline metrics of a universal benchmark (``(benchmark, metric)`` columns, e.g. ``("uned-merged", "R@1")``)."""
     rows = {}
     for name, m in runs.items():
         row: dict[tuple[str, str], Any] = {}
@@ -353,6 +345,8 @@ def summary_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                 row[(p, "mAP")] = m[p]["map"]
                 for k, v in m[p]["mp@k"].items():
                     row[(p, f"mP@{k}")] = v
+        if "benchmark" in m:
+            row |= {(m["benchmark"], key): v for key, v in m["metrics"].items() if not isinstance(v, Mapping)}
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns)

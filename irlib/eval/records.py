@@ -20,11 +20,13 @@ def eval_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
     seconds = settings.pop("seconds", None)
     for key in ("versions", "gnd_sha256", "weights_sha256", "state_dict_sha256"):
         settings.pop(key, None)
+    if "benchmark" in metrics:
+        settings["benchmark"] = metrics["benchmark"]
     name, _, suffix = str(metrics.get("dataset")).partition("+")
     distractors = LEGACY_DISTRACTORS.get(suffix, suffix) or "none"
     return {
         "params": {"method": metrics.get("method"), "backbone": metrics.get("backbone"), **settings},
-        "metrics": {p: metrics[p] for p in PROTOCOLS if p in metrics},
+        "metrics": metrics["metrics"] if "benchmark" in metrics else {p: metrics[p] for p in PROTOCOLS if p in metrics},
         "dataset": {"name": name, "distractors": distractors, "gnd_sha256": metrics["settings"].get("gnd_sha256")},
         "weights_sha256": metrics["settings"].get("weights_sha256"),
         "state_dict_sha256": metrics["settings"].get("state_dict_sha256"),

@@ -3,6 +3,7 @@
 * :func:`similarity`: the full score matrix of in-memory arrays; :func:`similarity_chunked`: the same numbers for a
   large float16 or memory-mapped database read a block of rows at a time (no float32 copy of the database), the
   input of ``irlib.eval.revisited.evaluate(gnd, scores=...)`` at +1M scale.
+* :func:`exact_top_k`: the exact top-k of any database in bounded memory, ties by lower id (UnED, ILIAS, GLDv2).
 * :func:`build_index` / :func:`search_index` / :func:`knn`: top-k with faiss, exact (``"flat"``, ``IndexFlatIP``) or
   approximate (``"ivfpq"``, ``IndexIVFPQ`` trained on a seeded sample); :func:`refine` re-scores an approximate
   shortlist exactly from the database; :func:`recall_at_k` compares approximate with exact top-k.
@@ -193,6 +194,94 @@ def refine(
         best = np.argsort(-scores, kind="stable")[:k]
         out_scores[i, : best.size], out_ids[i, : best.size] = scores[best], cand[best]
     return out_scores, out_ids
+
+
+def exact_top_k(
+    queries: np.ndarray,
+    database: np.ndarray | StackedDatabase,
+    k: int,
+    *,
+    query_block: int = 256,
+    chunk: int = 16384,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` by inner product, ties broken by the lower database id (the order of a stable descending sort,
+    as UnED's ``jax.lax.top_k``): ``(scores, ids)``, both ``(n_queries, min(k, N))``, best first.
+
+    The database (in memory, float16, memory-mapped or stacked) is read ``chunk`` rows at a time for each block of
+    ``query_block`` queries, so memory is ``O(query_block * chunk)`` whatever N: never a dense ``(n_queries, N)``
+    matrix, unlike :func:`database_scores`. Every score that decides the result is summed in float64 over one
+    (query, image) pair and rounded to float32: a float32 matrix product sums in an order that depends on the row's
+    position in the block, so two identical database rows could score differently in the last bit and an exact tie
+    be broken by position. After the first chunk, a float32 product only screens the pairs that may enter the top k
+    (above the current k-th score minus a margin far wider than float32's error), which are then scored exactly.
+    """
+    q = _as_f32("queries", queries)
+    database = _as_2d("database", database)
+    n, dim = database.shape
+    if q.shape[1] != dim:
+        raise ValueError(f"descriptor sizes differ: queries {q.shape[1]}, database {dim}")
+    if k < 1 or query_block < 1 or chunk < 1:
+        raise ValueError(f"k, query_block and chunk must be positive, got {k}, {query_block}, {chunk}")
+    k = min(k, n)
+    q64 = q.astype(np.float64)
+    q_norms = np.linalg.norm(q64, axis=1)
+    first = max(chunk, k)
+    bounds = [(0, min(first, n))] + [(s, min(s + chunk, n)) for s in range(first, n, chunk)]
+    out_scores = np.empty((len(q), k), dtype=np.float32)
+    out_ids = np.empty((len(q), k), dtype=np.int64)
+    for qs in range(0, len(q), query_block):
+        rows = slice(qs, qs + query_block)
+        best_s, best_i = _exact_best(q64[rows], np.asarray(database[0 : bounds[0][1]], dtype=np.float64), 0, k)
+        for s, e in bounds[1:]:
+            x = np.asarray(database[s:e], dtype=np.float32)
+            slack = 1e-3 * q_norms[rows] * float(np.linalg.norm(x, axis=1).max())
+            r, c = np.nonzero(q[rows] @ x.T > (best_s[:, -1] - slack)[:, None])
+            exact = np.einsum("ij,ij->i", q64[rows][r], x[c].astype(np.float64)).astype(np.float32)
+            better = exact > best_s[r, -1]  # an equal score loses to the k-th's lower id
+            if better.any():
+                best_s, best_i = _merge_best(best_s, best_i, r[better], exact[better], c[better] + s, k)
+        out_scores[rows], out_ids[rows] = best_s, best_i
+    return out_scores, out_ids
+
+
+def _exact_best(q64: np.ndarray, x64: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)`` ``(rows, k)`` of the exact best ``k`` of ``x64`` (ids from ``start``), best first, ties
+    by lower id."""
+    scores = (q64 @ x64.T).astype(np.float32)
+    ids = np.broadcast_to(np.arange(start, start + len(x64)), scores.shape)
+    best_s, best_i = _best_k(scores, ids, k)
+    order = np.lexsort((best_i, -best_s), axis=1)
+    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+
+
+def _merge_best(
+    best_s: np.ndarray, best_i: np.ndarray, rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best ``k`` of its ranked ``(best_s, best_i)`` and the new ``(rows, scores, ids)`` candidates,
+    best first, ties by lower id."""
+    n_rows = len(best_s)
+    all_rows = np.concatenate([np.repeat(np.arange(n_rows), k), rows])
+    all_s, all_i = np.concatenate([best_s.ravel(), scores]), np.concatenate([best_i.ravel(), ids])
+    order = np.lexsort((all_i, -all_s, all_rows))
+    counts = np.bincount(all_rows, minlength=n_rows)
+    rank = np.arange(len(order)) - (np.cumsum(counts) - counts)[all_rows[order]]
+    keep = order[rank < k]
+    return all_s[keep].reshape(n_rows, k), all_i[keep].reshape(n_rows, k)
+
+
+def _best_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each row of ``(rows, m)`` candidates (unordered), a tie at the cut going to the lower ids."""
+    if scores.shape[1] <= k:
+        return scores, ids
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    best_s, best_i = np.take_along_axis(scores, part, axis=1), np.take_along_axis(ids, part, axis=1)
+    kth = best_s.min(axis=1, keepdims=True)
+    straddling = np.flatnonzero((scores == kth).sum(axis=1) > (best_s == kth).sum(axis=1))
+    for r in straddling:  # rare: equal scores across the cut, argpartition chose among them arbitrarily
+        cand = np.flatnonzero(scores[r] >= kth[r, 0])
+        keep = cand[np.lexsort((ids[r, cand], -scores[r, cand]))[:k]]
+        best_s[r], best_i[r] = scores[r, keep], ids[r, keep]
+    return best_s, best_i
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int = 100) -> float:

@@ -29,6 +29,7 @@ import numpy as np
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from irlib.data.images import TarMember
 from irlib.eval.extract import ExtractConfig, extract_descriptors, model_fingerprint
 from irlib.io import atomic_path, save_npy, write_json
 from irlib.models.base import RetrievalModel
@@ -39,11 +40,13 @@ CHUNKS = "chunks"
 FORMAT = 1
 
 
-def paths_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
-    """SHA-256 of the absolute image paths in order (no file access, so it is cheap for a million paths)."""
+def paths_fingerprint(paths: Sequence[str | os.PathLike | TarMember]) -> str:
+    """SHA-256 of the absolute image paths in order (no file access, so it is cheap for a million paths); a tar
+    member counts as ``<absolute shard path>::<member name>``."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(os.path.abspath(p).encode())
+        name = f"{os.path.abspath(p.shard)}::{p.name}" if isinstance(p, TarMember) else os.path.abspath(p)
+        h.update(name.encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -164,7 +167,7 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 def extract_sharded(
     model: RetrievalModel,
-    paths: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike | TarMember],
     out_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
     *,
@@ -178,7 +181,7 @@ def extract_sharded(
 
     Args:
         model: as for :func:`~irlib.eval.extract.extract_descriptors`; every rank must hold the same weights.
-        paths: the images, in database order.
+        paths: the images (files or tar-shard members), in database order.
         out_dir: the feature folder, new or empty (created), or one this function wrote before (resumed).
         cfg: extraction settings; descriptors are stored as float16 whatever ``cfg.fp16`` says.
         chunk_size: images per chunk file (a resumed job must use the same).

@@ -38,6 +38,7 @@ _KEY = ["dataset", "distractors", "protocol"]
 _IDENTITY = ["method", "backbone", "train_set"]  # what a published row label must tell apart
 _PUBLISHED_COLUMNS = [*_IDENTITY, *_KEY, "map", "source", "confidence", "note"]
 _RUN_COLUMNS = ["id", "created", "dataset", "distractors", "method", "backbone", "rerank"]
+_REVISITED = ("easy", "medium", "hard")  # a universal benchmark's "protocol" is its metric column, e.g. "R@1"
 _RELIABILITY = {"verified": 0, "recalled": 1, "derived": 2}  # lower is more reliable; unknown confidences last
 _CELL_COLUMNS = ["row", *_KEY, "map", "provenance", "ref", "confidence", "note", "alternatives"]
 
@@ -77,6 +78,9 @@ def comparison_cells(
     ``note`` (copied cells), ``alternatives`` (copied cells whose sources disagree: the other values as
     ``(map, source, confidence, note)`` tuples; empty otherwise), ``published`` and ``diff`` (re-run minus
     published, where ``aliases`` maps the row to a published row with that cell).
+
+    A universal benchmark's cells are named by its metric as the protocol, e.g. ``datasets=("uned",),
+    protocols=("R@1", "mMP@5")`` or ``("ilias",), ("mAP@1000",)``.
 
     ``runs``: :func:`load_runs` output; a run's label is ``labels[run id]`` or :func:`run_label`, and of several
     runs with one label and cell the latest (``created``) is shown. ``published``: :func:`published_results`
@@ -123,7 +127,7 @@ def _rerun_cells(runs: pd.DataFrame, protocols: Sequence[str]) -> pd.DataFrame:
     cells = []
     for _, run in runs.assign(_created=created).sort_values("_created", kind="stable", na_position="first").iterrows():
         for protocol in protocols:
-            value = run.get(f"{protocol}.map")
+            value = run.get(f"{protocol}.map" if protocol in _REVISITED else protocol)
             if value is None or pd.isna(value):
                 continue
             distractors = run["distractors"] if isinstance(run["distractors"], str) else "none"

@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from irlib.data.samplers import DOMAIN_SAMPLING
 from irlib.losses.composite import LossTerm
 
 
@@ -30,14 +31,23 @@ class TrainConfig:
             (``info_files/<domain>/train.json`` + ``images/``).
         exclude: a landmark-id exclusion file (RGLDv2-clean), or None.
         domains: UnED domains to train on (None: all 8).
+        classifier: ``"joint"`` (one head over all domains' classes) or ``"per_domain"`` (UnED only: one head per
+            domain, each image's loss on its own domain's classes; :class:`irlib.losses.domains.PerDomainHead`).
         transform, image_size: the training augmentation preset and crop size.
         global_batch: images per optimiser step over all processes and accumulation steps.
         accumulation: micro-batches per optimiser step (the loss is scaled by 1/accumulation; lr unchanged).
-        sampler: ``"shuffled"``, ``"class_balanced"`` (``classes_per_batch`` x ``samples_per_class``) or ``"tuple"``
-            (CFCD's [anchor, positive, negatives] tuples, ``irlib.data.samplers.TupleSampler``).
+        sampler: ``"shuffled"``, ``"class_balanced"`` (``classes_per_batch`` x ``samples_per_class``), ``"tuple"``
+            (CFCD's [anchor, positive, negatives] tuples, ``irlib.data.samplers.TupleSampler``) or ``"domain"``
+            (UnED only: every optimiser step's batch from one domain, chosen by ``domain_sampling``).
+        domain_sampling: with ``sampler: domain``, the UnED strategy (:data:`irlib.data.samplers.DOMAIN_SAMPLING`):
+            ``"dataset_size"``, ``"balanced"`` or ``"round_robin"`` (:class:`irlib.data.samplers.DomainBatchSampler`).
         epochs, max_steps: length (``max_steps`` caps the optimiser steps, for demos and tests).
         lr, warmup_epochs, warmup_lr, min_lr: linear warm-up from ``warmup_lr`` to ``lr``, then cosine to ``min_lr``.
-        momentum, nesterov, weight_decay, no_decay_1d: SGD; 1-D tensors and biases without weight decay.
+        optimizer: ``"sgd"`` or ``"adamw"`` (torch's defaults: betas 0.9, 0.999, eps 1e-8; decoupled weight decay).
+        momentum, nesterov, weight_decay, no_decay_1d: SGD's momentum; weight decay, and 1-D tensors and biases
+            without it.
+        model_lr_scale, frozen_epochs: the model's parameters train at ``model_lr_scale`` x the lr of the loss heads
+            (the classifier), and at 0 during the first ``frozen_epochs`` (only the heads train then).
         amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (fp16 uses a GradScaler).
         grad_clip: max gradient norm, or None.
         seed, num_workers, log_every, checkpoint_every, out_dir: run plumbing.
@@ -63,6 +73,7 @@ class TrainConfig:
     data_dir: str = ""
     exclude: str | None = None
     domains: list[str] | None = None
+    classifier: str = "joint"
     transform: str = "spca"
     image_size: int = 512
     global_batch: int = 128
@@ -70,16 +81,20 @@ class TrainConfig:
     sampler: str = "shuffled"
     classes_per_batch: int = 32
     samples_per_class: int = 4
+    domain_sampling: str = "dataset_size"
     epochs: int = 30
     max_steps: int | None = None
     lr: float = 0.01
     warmup_epochs: float = 5.0
     warmup_lr: float = 1e-4
     min_lr: float = 0.0
+    optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
     no_decay_1d: bool = True
+    model_lr_scale: float = 1.0
+    frozen_epochs: float = 0.0
     amp: str = "none"
     channels_last: bool = True
     grad_clip: float | None = None
@@ -101,8 +116,19 @@ class TrainConfig:
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.dataset not in ("gldv2", "uned"):
             raise ValueError(f"dataset must be gldv2 or uned, got {self.dataset!r}")
-        if self.sampler not in ("shuffled", "class_balanced", "tuple"):
-            raise ValueError(f"sampler must be shuffled, class_balanced or tuple, got {self.sampler!r}")
+        if self.sampler not in ("shuffled", "class_balanced", "tuple", "domain"):
+            raise ValueError(f"sampler must be shuffled, class_balanced, tuple or domain, got {self.sampler!r}")
+        if self.classifier not in ("joint", "per_domain"):
+            raise ValueError(f"classifier must be joint or per_domain, got {self.classifier!r}")
+        if self.domain_sampling not in DOMAIN_SAMPLING:
+            raise ValueError(f"domain_sampling must be one of {DOMAIN_SAMPLING}, got {self.domain_sampling!r}")
+        if self.dataset != "uned" and (self.classifier == "per_domain" or self.sampler == "domain"):
+            raise ValueError(
+                f"classifier: per_domain and sampler: domain need dataset: uned (images with domains), got "
+                f"dataset {self.dataset!r}"
+            )
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         if self.global_batch < 1 or self.accumulation < 1 or self.global_batch % self.accumulation:
             raise ValueError(
                 f"global_batch ({self.global_batch}) must be a positive multiple of accumulation ({self.accumulation})"
@@ -190,6 +216,8 @@ _AT_LEAST = {
     "min_lr": 0,
     "weight_decay": 0,
     "momentum": 0,
+    "model_lr_scale": 0,
+    "frozen_epochs": 0,
 }
 _POSITIVE = ("lr", "grad_clip")
 
@@ -296,6 +324,45 @@ _CFCD = TrainConfig(
     no_decay_1d=False,
 )
 
+# UnED baselines (Ypsilantis et al., ICCV 2023), nikosips/Universal-Image-Embeddings.
+# Model (vit_with_embedding.py, clip_vit_with_embedding.py): ViT-B/16 class token (CLIP: after ln_post), L2, Dense
+# 768 -> 64 (config.model.output_dim), L2 = method "gem" with pooling "cls" and whitening 64, which omits the first L2.
+# Loss (loss_utils.py, configs): "normface" = cosine softmax with scale 16 and margin 0 = CosFace s=16, m=0, on a
+# bias-free classifier with normalised class columns.
+# Optimiser (configs, optimizer_utils.py, utils.py): scenic "adam" with weight_decay 1e-6 (AdamW, betas 0.9/0.999, on
+# every tensor); constant lr 1e-3 for the classifier ("output_projection*"), 1e-3 x 1e-2 for everything else (the
+# projection included), which gets lr 0 for the first 2 epochs (frozen_epochs).
+# Data (sampling_utils.py, datasets.py): batch 128 of one domain per step; 7 epochs of sum(train sizes) // 128 steps
+# (iccv_configs/*_train.py; configs/config_train_vit.py says 30, for its cars+sop demo); 224 px; float32.
+# The iccv_configs vary the classifier (joint / separate) and the sampling (dataset_size / round_robin). Chosen:
+# configs/config_train_vit.py's separate classifier with round robin (iccv_configs/*_uscrr_train.py); override
+# classifier / domain_sampling for the other three. Augmentation (datasets.py): resize to 256 x 256, random 224 crop,
+# flip = transform "uned".
+_UNED_VIT = TrainConfig(
+    method="gem",
+    backbone="vit_base_patch16_224.augreg_in21k_ft_in1k",
+    model_kwargs={"pooling": "cls", "whitening": 64},
+    loss="cosface",
+    loss_kwargs={"s": 16.0, "m": 0.0},
+    dataset="uned",
+    classifier="per_domain",
+    sampler="domain",
+    domain_sampling="round_robin",
+    transform="uned",
+    image_size=224,
+    global_batch=128,
+    epochs=7,
+    optimizer="adamw",
+    lr=1e-3,
+    min_lr=1e-3,
+    warmup_epochs=0,
+    weight_decay=1e-6,
+    no_decay_1d=False,
+    model_lr_scale=0.01,
+    frozen_epochs=2,
+    channels_last=False,
+)
+
 RECIPES: dict[str, TrainConfig] = {
     "spca": _SPCA,
     # DOLG configs/resnet101_delg_8gpu.yaml + core/config.py (superglobal-cvnet-dolg.md §4.3): CurricularFace s=30,
@@ -391,6 +458,13 @@ RECIPES: dict[str, TrainConfig] = {
     "batch_transformer": _SPCA.replace(
         method="batch_transformer", backbone="resnet50", model_kwargs={"base": "gem", "whitening": 2048}
     ),
+    # info_utils.py ViT_configs["B/16"]: B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-
+    # steps_20k-lr_0.01-res_224.npz (download_models.sh), ImageNet-21k AugReg fine-tuned on ImageNet-1k, which is
+    # timm's vit_base_patch16_224.augreg_in21k_ft_in1k (same file); mean = std = 0.5.
+    "uned_vit_in21k": _UNED_VIT,
+    # info_utils.py CLIP_ViT_configs["B/16"]: clip/vit_b16.npy, OpenAI CLIP ViT-B/16's visual tower (its text tower
+    # and visual.proj are dropped on loading) = timm's vit_base_patch16_clip_224.openai; CLIP's mean/std.
+    "uned_vit_clip": _UNED_VIT.replace(backbone="vit_base_patch16_clip_224.openai"),
 }
 
 

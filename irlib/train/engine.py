@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from irlib.io import atomic_path
 from irlib.losses.composite import DESCRIPTOR, CompositeLoss, merge_terms
+from irlib.losses.domains import PerDomainHead, split_heads_by_domain
 from irlib.models.backbones import load_torch_file
 from irlib.models.base import RetrievalModel, to_channels_last
 from irlib.models.checkpoints import save_checkpoint
@@ -68,7 +69,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) -> f
 
 
 def param_groups(modules: list[nn.Module], weight_decay: float, no_decay_1d: bool) -> list[dict[str, Any]]:
-    """SGD parameter groups: 1-D tensors (norm scales, biases, GeM p) and names a module lists in
+    """Optimiser parameter groups: 1-D tensors (norm scales, biases, GeM p) and names a module lists in
     ``no_weight_decay()`` get no weight decay when ``no_decay_1d``."""
     decay, no_decay = [], []
     for module in modules:
@@ -123,15 +124,35 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
-def build_objective(cfg: TrainConfig, model: RetrievalModel, num_classes: int) -> CompositeLoss:
+def build_objective(
+    cfg: TrainConfig, model: RetrievalModel, num_classes: int, label_domains: np.ndarray | None = None
+) -> CompositeLoss:
     """The run's loss terms plus the model's own (:func:`irlib.losses.merge_terms`) on the model's training
-    outputs, heads sized by the outputs they read."""
-    return CompositeLoss(
+    outputs, heads sized by the outputs they read; with ``classifier: per_domain`` every class-weight head becomes
+    one head per domain of ``label_domains`` (``(num_classes,)``, the domain of each label)."""
+    loss = CompositeLoss(
         merge_terms(cfg.loss_terms(), model.loss_terms()),
         output_dims=model.output_dims(),
         num_classes=num_classes,
         streams=model.descriptor_streams(),
     )
+    if cfg.classifier == "per_domain":
+        if label_domains is None:
+            raise ValueError("classifier: per_domain needs the domain of every label (a UnED training set)")
+        split_heads_by_domain(loss, label_domains)
+    return loss
+
+
+def optimizer_groups(cfg: TrainConfig, model: nn.Module, loss: nn.Module) -> tuple[list[dict[str, Any]], list[bool]]:
+    """The optimiser's parameter groups (:func:`param_groups`) and, per group, whether it holds the model's
+    parameters; the model and the loss heads share groups unless ``model_lr_scale`` or ``frozen_epochs`` sets
+    them apart (so runs without them keep the optimiser state layout they always had)."""
+    if cfg.model_lr_scale == 1 and not cfg.frozen_epochs:
+        groups = param_groups([model, loss], cfg.weight_decay, cfg.no_decay_1d)
+        return groups, [False] * len(groups)
+    of_model = param_groups([model], cfg.weight_decay, cfg.no_decay_1d)
+    of_loss = param_groups([loss], cfg.weight_decay, cfg.no_decay_1d)
+    return of_model + of_loss, [True] * len(of_model) + [False] * len(of_loss)
 
 
 def params_without_gradient(modules: dict[str, nn.Module]) -> list[str]:
@@ -190,8 +211,10 @@ class Trainer:
             from irlib.models import create_model
 
             model = create_model(cfg.method, backbone=cfg.backbone, pretrained=cfg.pretrained, **cfg.model_kwargs)
+        uses_domains = cfg.classifier == "per_domain" or cfg.sampler == "domain"
+        self.label_domains = _label_domains(dataset) if uses_domains else None
         if loss is None:
-            loss = build_objective(cfg, model, dataset.num_classes)
+            loss = build_objective(cfg, model, dataset.num_classes, self.label_domains)
         elif not isinstance(loss, CompositeLoss):
             loss = CompositeLoss.wrap(loss, model.descriptor_streams())
         if loss.needs_positives and cfg.sampler != "class_balanced":
@@ -215,11 +238,11 @@ class Trainer:
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.items = SeededItems(dataset, cfg.seed)
         self.sampler = self._make_sampler(dataset)
-        self.optimizer = torch.optim.SGD(
-            param_groups([self.model, self.loss], cfg.weight_decay, cfg.no_decay_1d),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
+        groups, self._model_groups = optimizer_groups(cfg, self.model, self.loss)
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.AdamW(groups, lr=cfg.lr)
+            if cfg.optimizer == "adamw"
+            else torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.steps_per_epoch = len(self.sampler) // (self.micro_batch * cfg.accumulation)
@@ -227,6 +250,7 @@ class Trainer:
             raise ValueError(f"the dataset ({len(self.items)} images) is smaller than one global batch")
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.frozen_steps = round(cfg.frozen_epochs * self.steps_per_epoch)
         self.step = 0
         self._stop = False
         self._tensorboard = None
@@ -251,6 +275,7 @@ class Trainer:
         from irlib.data.samplers import (
             TUPLE_SIZE,
             ClassBalancedSampler,
+            DomainBatchSampler,
             ShuffledSampler,
             TupleSampler,
             read_predictions,
@@ -279,6 +304,15 @@ class Trainer:
                 predictions=(
                     read_predictions(cfg.hard_negatives, dataset.paths, dataset.labels) if cfg.hard_negatives else None
                 ),
+                seed=cfg.seed,
+                num_replicas=self.world_size,
+                rank=self.process_rank,
+            )
+        if cfg.sampler == "domain":
+            return DomainBatchSampler(
+                self.label_domains[dataset.labels],
+                batch_size=self.micro_batch * cfg.accumulation,
+                strategy=cfg.domain_sampling,
                 seed=cfg.seed,
                 num_replicas=self.world_size,
                 rank=self.process_rank,
@@ -438,7 +472,7 @@ class Trainer:
                         "epoch": epoch,
                         "loss": loss_value,
                         "losses": term_values,
-                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "lr": lr_at(self.step - 1, self.total_steps, self.warmup_steps, self.cfg),
                         "grad_norm": grad_norm,
                         "top1": self._top1,
                         "images_per_s": seen / elapsed if elapsed > 0 else None,
@@ -460,8 +494,9 @@ class Trainer:
         """One optimiser step over the micro-batches of ``group``: (loss, unweighted term values, gradient norm),
         loss and terms averaged over the global batch."""
         lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.cfg)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        model_lr = 0.0 if self.step < self.frozen_steps else lr * self.cfg.model_lr_scale
+        for g, of_model in zip(self.optimizer.param_groups, self._model_groups, strict=True):
+            g["lr"] = model_lr if of_model else lr
         self.optimizer.zero_grad(set_to_none=True)
         keys = list(self.loss.terms)
         sums = torch.zeros(3 + len(keys), dtype=torch.float64)  # loss, top-1 hits, images, then each term
@@ -526,6 +561,8 @@ class Trainer:
         if head is None:
             return 0
         with torch.no_grad():
+            if isinstance(head, PerDomainHead):  # among the image's own domain's classes, as the official prec@1
+                return head.top1_hits(descriptors.float(), labels)
             return int((head.cosine(descriptors.float()).argmax(dim=1) == labels).sum())
 
     def _monitor(self) -> None:
@@ -597,6 +634,18 @@ def _composite_loss_state(state: dict[str, Tensor], loss: CompositeLoss) -> dict
         (key,) = loss.terms
         return {f"terms.{key}.{k}": v for k, v in state.items()}
     return state
+
+
+def _label_domains(dataset: Dataset) -> np.ndarray:
+    """``(C,)`` the domain of every label of a UnED training set (:func:`irlib.data.uned.label_domains`)."""
+    from irlib.data.uned import label_domains
+
+    if not hasattr(dataset, "info") or not hasattr(dataset, "original_ids"):
+        raise ValueError(
+            f"classifier: per_domain and sampler: domain need a UnED training set (irlib.data.uned.uned_split), got "
+            f"{type(dataset).__name__}"
+        )
+    return label_domains(dataset)
 
 
 def _world() -> tuple[int, int]:

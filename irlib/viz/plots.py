@@ -39,6 +39,29 @@ def plot_per_query_ap(per_query: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
+def plot_benchmark_breakdown(metrics: Mapping[str, object], title: str = "") -> Figure:
+    """Bars of a universal benchmark's metrics (percent, ``metrics.json``'s ``"metrics"``) by group: per domain for
+    UnED (R@1, mMP@k, mAP@k), per scale, clutter and category group for ILIAS; the headline values otherwise."""
+    panels = []
+    if isinstance(metrics.get("per_domain"), Mapping):
+        panels.append(("per domain", pd.DataFrame(metrics["per_domain"]).T))
+    for group in ("scale", "clutter", "categories"):
+        if isinstance(metrics.get(group), Mapping):
+            name = next((k for k in metrics if k.startswith("mAP@")), "AP")
+            panels.append((group, pd.DataFrame({name: pd.Series(metrics[group], dtype=float)})))
+    if not panels:
+        headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        panels.append(("", pd.DataFrame({"value": pd.Series(headline, dtype=float)})))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), layout="constrained", squeeze=False)
+    for ax, (name, table) in zip(axes[0], panels, strict=True):
+        table.plot.bar(ax=ax, rot=30, legend=len(table.columns) > 1, fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("%")
+        ax.set_title(name)
+    fig.suptitle(title)
+    return fig
+
+
 def _label(value: object) -> str:
     """A parameter value as file-name text: a path by its stem, a mapping as ``k=v`` and a sequence as its items,
     both joined by ``+``, None or ``""`` as ``none``; other characters than letters, digits and ``_.=-`` -> ``-``."""

@@ -25,6 +25,7 @@ def test_names_kinds_and_unknown_name():
         "demo",
         "gldv2-retrieval",
         "ilias",
+        "mini-ilias",
         "revisited",
         "roxford5k",
         "rparis6k",

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from irlib.data.samplers import ClassBalancedSampler, ShuffledSampler
+from irlib.data.samplers import ClassBalancedSampler, DomainBatchSampler, ShuffledSampler
 
 
 def _shares(make, world: int, epoch: int) -> list[list[int]]:
@@ -201,3 +201,68 @@ def test_pk_rejects_impossible_settings() -> None:
         ClassBalancedSampler(LABELS, classes_per_batch=8, samples_per_class=1)
     with pytest.raises(ValueError, match="replicas"):
         ClassBalancedSampler(LABELS, classes_per_batch=7, samples_per_class=4, num_replicas=2)
+
+
+# --- DomainBatchSampler (UnED's one domain per step) ----------------------------------------------------------------
+
+UNED_LIKE = np.repeat([0, 1, 2], [600, 300, 100])  # per-image domains, sizes 6:3:1
+DOMAIN_STEPS = 100  # 1000 images // (5 x 2 replicas)
+
+
+def _domain_sampler(strategy: str, rank: int = 0, world: int = 2, seed: int = 0) -> DomainBatchSampler:
+    return DomainBatchSampler(UNED_LIKE, batch_size=5, strategy=strategy, seed=seed, num_replicas=world, rank=rank)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "steps"),
+    [("dataset_size", [60, 30, 10]), ("balanced", [33, 33, 34])],  # floor(S share), the last domain the rest
+)
+def test_domain_steps_follow_the_strategy(strategy: str, steps: list[int]) -> None:
+    sampler = _domain_sampler(strategy)
+    assert sampler.num_batches == DOMAIN_STEPS
+    for epoch in (0, 1):
+        domains = sampler.epoch_domains(epoch)
+        assert np.bincount(domains, minlength=3).tolist() == steps
+        batches = sampler.epoch_batches(epoch)
+        assert (UNED_LIKE[batches] == domains[:, None]).all()  # every image of a step is of the step's domain
+    assert not np.array_equal(sampler.epoch_domains(0), sampler.epoch_domains(1))  # a new order every epoch
+
+
+def test_round_robin_cycles_through_the_domains_across_epochs() -> None:
+    sampler = DomainBatchSampler(UNED_LIKE, batch_size=3, strategy="round_robin", num_batches=10)
+    run = np.concatenate([sampler.epoch_domains(e) for e in range(3)])
+    assert run.tolist() == [t % 3 for t in range(30)]  # step t of the run -> domain t mod 3, whatever the epoch
+
+
+def test_domain_batches_shard_one_domain_per_step_and_cycle_small_domains() -> None:
+    shares = _shares(lambda r: _domain_sampler("balanced", rank=r), world=2, epoch=0)
+    steps = [np.asarray(s).reshape(DOMAIN_STEPS, 5) for s in shares]
+    assert (UNED_LIKE[steps[0]][:, 0] == UNED_LIKE[steps[1]][:, 0]).all()  # both replicas on the step's domain
+    counts = Counter(shares[0] + shares[1])
+    domain2 = [counts[i] for i in np.flatnonzero(UNED_LIKE == 2)]  # 34 steps x 10 images from 100: 3-4 times each
+    assert sum(domain2) == 340 and min(domain2) >= 3 and max(domain2) <= 4
+    domain1 = [counts[i] for i in np.flatnonzero(UNED_LIKE == 1)]  # 330 from 300: one permutation and 30 more
+    assert sum(domain1) == 330 and min(domain1) >= 1 and max(domain1) <= 2
+    assert max(counts[i] for i in np.flatnonzero(UNED_LIKE == 0)) == 1  # 330 images from 600: each at most once
+
+
+def test_domain_sampler_is_reproducible_and_resumes_mid_epoch() -> None:
+    a, b = _domain_sampler("dataset_size", seed=3), _domain_sampler("dataset_size", seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    full = list(a)
+    assert full == list(b) and full != list(_domain_sampler("dataset_size", seed=4))
+    state = a.state_dict(consumed=35)
+    resumed = _domain_sampler("dataset_size", seed=3)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)
+    assert list(resumed) == full[35:]
+    with pytest.raises(ValueError, match="strategy"):
+        _domain_sampler("balanced", seed=3).load_state_dict(state)
+
+
+def test_domain_sampler_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        DomainBatchSampler(UNED_LIKE, batch_size=4, strategy="uniform")
+    with pytest.raises(ValueError, match="cannot fill one step"):
+        DomainBatchSampler(UNED_LIKE[:7], batch_size=4, num_replicas=2)

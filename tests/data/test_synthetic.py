@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import pickle
 import re
@@ -25,8 +26,19 @@ SMALL = DemoConfig(
     n_train_landmarks=3,
     train_views_per_landmark=2,
     image_size=(160, 120),
+    uned_train_classes=2,
+    uned_val_classes=1,
+    uned_test_classes=2,
+    uned_index_only_classes=1,
+    uned_views=2,
+    ilias_instances=2,
+    ilias_distractors=3,
+    ilias_shards=2,
 )
-OUTPUTS = (DEMO_DATASET, "train", "demo_info.json")
+OUTPUTS = (DEMO_DATASET, "train", "uned", "ilias", "demo_info.json")
+# sha256 of gnd_demo.pkl, train_clean.csv and train.csv of SMALL, as generator version 2 (before the UnED and ILIAS
+# outputs) wrote them: those outputs, and so the demo's numbers, must never change by accident.
+SMALL_V2_DIGEST = "7faf5d488bd7a2b4baf77e8e47a8406afe457adfad6627070f9c0ba1c9f0c2de"
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +204,39 @@ def test_planting_overlaps_only_adds_training_images(root: Path, tmp_path: Path)
     assert json.loads((plain / "demo_info.json").read_text())["overlap_landmarks"] == {}
 
 
+def test_revisited_and_gldv2_outputs_are_those_of_generator_version_2(root: Path) -> None:
+    digest = hashlib.sha256()
+    for name in (f"{DEMO_DATASET}/gnd_{DEMO_DATASET}.pkl", "train/train_clean.csv", "train/train.csv"):
+        digest.update((root / name).read_bytes())
+    assert digest.hexdigest() == SMALL_V2_DIGEST
+
+
+def test_uned_and_ilias_settings_leave_the_other_outputs_unchanged(root: Path, tmp_path: Path) -> None:
+    other = replace(
+        SMALL, uned_domains=("gldv2",), uned_train_classes=3, uned_views=3, ilias_instances=3, ilias_distractors=4
+    )
+    files, other_files = _files(root), _files(make_demo_data(tmp_path, other, progress=False))
+    for prefix in (f"{DEMO_DATASET}/", "train/"):
+        assert {k: v for k, v in files.items() if k.startswith(prefix)} == {
+            k: v for k, v in other_files.items() if k.startswith(prefix)
+        }
+    assert {k for k in other_files if k.startswith("uned/info_files/")} == {
+        f"uned/info_files/gldv2/{split}.json" for split in ("train", "val", "test", "index")
+    }
+
+
+def test_an_older_demo_folder_is_rebuilt_once(tmp_path: Path) -> None:
+    make_demo_data(tmp_path, SMALL, progress=False)
+    for name in ("uned", "ilias"):  # a version-2 folder: no UnED or ILIAS output and an older fingerprint
+        synthetic._remove(tmp_path / name)
+    (tmp_path / ".demo_complete").write_text("an older fingerprint")
+    make_demo_data(tmp_path, SMALL, progress=False)
+    assert (tmp_path / "uned" / "info_files").is_dir() and (tmp_path / "ilias" / "ilias_core").is_dir()
+    before = _stats(tmp_path)
+    make_demo_data(tmp_path, SMALL, progress=False)
+    assert _stats(tmp_path) == before
+
+
 def test_info_json_describes_the_build(root: Path) -> None:
     info = json.loads((root / "demo_info.json").read_text())
     assert info["generator_version"] >= 1
@@ -203,6 +248,12 @@ def test_info_json_describes_the_build(root: Path) -> None:
     assert counts["train_images"] == n_classes * SMALL.train_views_per_landmark
     assert counts["overlap_landmarks"] == len(info["overlap_landmarks"]) == SMALL.n_overlap_landmarks
     assert len(info["test_landmarks"]) == SMALL.n_test_landmarks
+    assert info["generator_version"] == synthetic._GENERATOR_VERSION
+    views, n_test = SMALL.uned_views, SMALL.uned_test_classes
+    assert counts["uned"]["cars"] == {"train": 4, "val": 2, "test": n_test * views}
+    assert counts["uned"]["gldv2"] == {"train": 4, "val": 2, "test": n_test, "index": n_test + views}
+    assert counts["ilias"]["instances"] == SMALL.ilias_instances
+    assert counts["ilias"]["distractors"] == SMALL.ilias_distractors and counts["ilias"]["shards"] == 2
     assert not [p for p in root.iterdir() if p.name.startswith(".demo-build-")]
 
 

@@ -52,9 +52,12 @@ def test_other_presets_components() -> None:
     delg = train_transform("delg", 32).transforms
     assert [type(t) for t in delg] == [T.RandomResizedCrop, T.ToTensor, T.Normalize]  # DELF: no flip
     assert delg[0].scale == (0.1, 1.0)
+    uned = train_transform("uned", 224).transforms  # UnED: squash to 256 x 256, random 224 crop, flip
+    assert [type(t) for t in uned] == [T.Resize, T.RandomCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
+    assert uned[0].size == (256, 256) and uned[1].size == (224, 224)
 
 
-@pytest.mark.parametrize("preset", ["spca", "dolg", "cvnet", "delg"])
+@pytest.mark.parametrize("preset", ["spca", "dolg", "cvnet", "delg", "uned"])
 def test_output_shape_and_dtype(image: Image.Image, preset: str) -> None:
     torch.manual_seed(0)
     x = train_transform(preset, 48)(image)
@@ -70,8 +73,8 @@ def test_eval_transform_is_deterministic(image: Image.Image) -> None:
 
 
 def test_presets_listed_and_unknown_rejected() -> None:
-    assert set(list_transform_presets()) == {"spca", "dolg", "cvnet", "delg"}
-    with pytest.raises(ValueError, match="unknown transform preset 'simclr'; known: spca, dolg, cvnet, delg"):
+    assert set(list_transform_presets()) == {"spca", "dolg", "cvnet", "delg", "uned"}
+    with pytest.raises(ValueError, match="unknown transform preset 'simclr'; known: spca, dolg, cvnet, delg, uned"):
         train_transform("simclr")
     with pytest.raises(ValueError, match="image_size"):
         train_transform("spca", 0)

@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irlib.data.uned import DOMAINS, KNN_SPLITS, UNED_SIZES, escaped_path, uned_knn, uned_split
+from irlib.data.train_set import TrainSet
+from irlib.data.uned import (
+    DOMAINS,
+    KNN_SPLITS,
+    UNED_SIZES,
+    escaped_path,
+    image_domains,
+    label_domains,
+    uned_knn,
+    uned_split,
+)
 from irlib.eval.metrics import uned_merged_metrics
 
 INFO = {
@@ -89,6 +99,17 @@ def test_label_map_saved_and_reused(uned: Path) -> None:
         uned_split(uned, ["cars", "met"], label_map=uned / "labels.json")
     with pytest.raises(ValueError, match="not a UnED label map for domains"):
         uned_split(uned, ["met"], label_map=uned / "labels.json")
+
+
+def test_every_label_and_image_knows_its_domain(uned: Path) -> None:
+    # cars' class ids 0-2 and met's 1 (first of [1, 5]) and 0 leave met's width at 2; ids 1 of met absent in cars
+    _write(uned, {"cars": [INFO["cars"][1], INFO["cars"][2]]})  # cars now lists ids 2 and 1: id 0 has no image
+    ds = uned_split(uned, ["cars", "met"])
+    assert ds.original_ids.tolist() == [1, 2, 3 + 0, 3 + 1]  # contiguous labels skip cars' unused id 0
+    assert label_domains(ds).tolist() == [0, 0, 1, 1]  # positions in info["domains"] = ["cars", "met"]
+    assert image_domains(ds).tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="not a UnED split"):
+        label_domains(TrainSet([], [], name="plain"))
 
 
 def test_missing_images_error_or_skip(uned: Path) -> None:
@@ -215,9 +236,14 @@ def test_merged_benchmark_end_to_end_by_hand(tmp_path: Path) -> None:
         "cars/R@1": 3 / 4, "cars/mMP@5": 3 / 4,
         "inshop/R@1": 1 / 2, "inshop/mMP@5": 1 / 4,
         "gldv2/R@1": 1 / 2, "gldv2/mMP@5": (2 / 3 + 1 / 2) / 2,
+        "cars/mAP@5": 7 / 8, "inshop/mAP@5": 2 / 3, "gldv2/mAP@5": 25 / 36,
     }  # fmt: skip
     # The benchmark number is the unweighted mean of the domains (over the 8 queries it would be 5/8 and 0.583).
-    means = {"R@1": (3 / 4 + 1 / 2 + 1 / 2) / 3, "mMP@5": (3 / 4 + 1 / 4 + 7 / 12) / 3}
+    means = {
+        "R@1": (3 / 4 + 1 / 2 + 1 / 2) / 3,
+        "mMP@5": (3 / 4 + 1 / 4 + 7 / 12) / 3,
+        "mAP@5": (7 / 8 + 2 / 3 + 25 / 36) / 3,
+    }
     assert out == pytest.approx(means | per_domain)
     rounded = uned_merged_metrics(
         ranks, ev.query_labels, ev.query_domains, ev.index_labels, ev.index_domains, ev.throw_first, ranks=True,

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from irlib.data.images import ImageLoadError
+from irlib.data.images import ImageLoadError, TarMember
 from irlib.data.revisited import RevisitedDataset
-from irlib.eval.extract import ExtractConfig, _Images, extract_descriptors, extract_revisited, multiscale_descriptor
+from irlib.eval.extract import (
+    ExtractConfig,
+    FeatureCache,
+    _image_states,
+    _Images,
+    extract_descriptors,
+    extract_revisited,
+    multiscale_descriptor,
+)
 from irlib.models import create_model
+from tests.data.test_images import write_shard
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +192,51 @@ def test_an_extraction_that_fails_keeps_its_rows_and_a_rerun_extracts_only_the_r
     np.testing.assert_array_equal(q, q_full)
     np.testing.assert_array_equal(x, x_full)
     assert not list((tmp_path / "cache").glob("partial-*"))  # finished: the unfinished record is gone
+
+
+def _pack(paths: list[Path], shard: Path) -> list[TarMember]:
+    """The files ``paths`` as members of one tar shard, in order."""
+    members = write_shard(shard, {f"{i:08d}.jpg": p.read_bytes() for i, p in enumerate(paths)})
+    return list(members.values())
+
+
+def test_tar_members_extract_as_the_same_files_on_disk(tiny_revisited, model, tmp_path):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    cfg = ExtractConfig(image_size=64, scales=(1.0, 0.5), batch_size=2)
+    members = _pack(ds.db_paths[1::2], tmp_path / "000000.tar")
+    mixed = [ds.db_paths[0], members[0], ds.db_paths[2], members[1], ds.db_paths[4], members[2]]
+    got = extract_descriptors(model, mixed, cfg=cfg, progress=False)
+    np.testing.assert_allclose(got, extract_descriptors(model, ds.db_paths, cfg=cfg, progress=False), atol=1e-6)
+
+
+def test_cache_keys_and_states_of_tar_members_follow_their_shard(tiny_revisited, tmp_path):
+    ds = RevisitedDataset.from_dir(tiny_revisited)
+    shard = tmp_path / "000000.tar"
+    members = _pack(ds.db_paths[:2], shard)
+    st = shard.stat()
+    states = _image_states([*members, ds.db_paths[0], tmp_path / "gone.jpg"])
+    assert states[0] == f"{st.st_size}|{st.st_mtime_ns}|{members[0].offset}|{members[0].size}"
+    assert states[1].startswith(f"{st.st_size}|{st.st_mtime_ns}|") and states[1] != states[0]
+    assert states[3] == "missing"
+    cfg = ExtractConfig(image_size=64)
+    key = FeatureCache.key("w", members, None, cfg)
+    assert key == FeatureCache.key("w", list(members), None, cfg) and key != FeatureCache.key(
+        "w", ds.db_paths[:2], None, cfg
+    )
+    partial = FeatureCache.key("w", members, None, cfg, partial=True)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a rewritten shard: other descriptors
+    assert FeatureCache.key("w", members, None, cfg) != key
+    assert FeatureCache.key("w", members, None, cfg, partial=True) == partial
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"resize": "stretch"}, "resize must be one of"),
+        ({"resize": "long-side", "image_size": None}, "needs an image_size"),
+        ({"exif_transpose": True}, "exif_transpose must be one of"),
+    ],
+)
+def test_bad_resize_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExtractConfig(**kwargs)

@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from irlib.eval.metrics import gldv2_map_at_k, ilias_map_at_k, top_k_ids, uned_merged_metrics, uned_metrics
+from irlib.eval.metrics import (
+    gldv2_map_at_k,
+    ilias_map_at_k,
+    ilias_report,
+    top_k_ids,
+    uned_merged_metrics,
+    uned_metrics,
+    uned_per_query,
+    uned_separate_metrics,
+)
 
 # Index of the merged-protocol case: label 0 exists in domains "a" and "b" (a collision).
 INDEX_LABELS = [0, 0, 1, 1, 0, 2]
@@ -28,7 +37,8 @@ SCORES = np.array(
 def test_merged_protocol_needs_label_and_domain():
     out = uned_metrics(SCORES, QUERY_LABELS, QUERY_DOMAINS, INDEX_LABELS, INDEX_DOMAINS, throw_first=False)
     # MP@5: q0 looks at min(5, 2) = 2 -> [4, 1] -> 1/2; q1 [3, 0] -> 1/2; q2 [4] -> 1/1.
-    assert out == pytest.approx({"R@1": 2 / 3, "mMP@5": (0.5 + 0.5 + 1) / 3})
+    # AP@5 (P@j at each hit over min(n_rel, 5)): q0 r = 01000 -> (1/2) / 2; q1 10010 -> (1 + 2/4) / 2; q2 10000 -> 1.
+    assert out == pytest.approx({"R@1": 2 / 3, "mMP@5": (0.5 + 0.5 + 1) / 3, "mAP@5": (0.25 + 0.75 + 1) / 3})
     ranks = np.argsort(-SCORES, axis=1, kind="stable")
     assert uned_metrics(
         ranks, QUERY_LABELS, QUERY_DOMAINS, INDEX_LABELS, INDEX_DOMAINS, throw_first=False, ranks=True
@@ -41,7 +51,8 @@ def test_throw_first_with_ranks():
     out = uned_metrics(ranks, labels[:5], domains[:5], labels, domains, throw_first=True, k=2, ranks=True)
     # MP@2 looks at min(2 + 1, n_same) neighbours, minus the query, over min(n_same - 1, 2):
     # q0 (2 - 1) / 2; q1 (3 - 1) / 2; q2 (1 - 1) / 2; q3 [3, 5] (5 is domain b) -> 0 / 1; q4 [4, 3] -> 1 / 1.
-    assert out == pytest.approx({"R@1": 2 / 5, "mMP@2": (0.5 + 1 + 0 + 0 + 1) / 5})
+    # AP@2 on the neighbours after the first: q0 01 -> (1/2) / 2; q1 11 -> 1; q2 00; q3 01 -> (1/2) / 1; q4 10 -> 1.
+    assert out == pytest.approx({"R@1": 2 / 5, "mMP@2": (0.5 + 1 + 0 + 0 + 1) / 5, "mAP@2": 2.75 / 5})
     with pytest.raises(ValueError, match=r"ranks must be an integer \(5, >= 3\)"):
         uned_metrics(ranks[:, :2], labels[:5], domains[:5], labels, domains, throw_first=True, k=2, ranks=True)
 
@@ -53,10 +64,11 @@ def test_throw_first_with_scores_of_the_query_itself():
         uned_metrics(scores, labels, domains, labels, domains, throw_first=True)
     # q0 order 0 1 2 3; q1 order 1 0 2 3 (0 and 2 tie at 0.5, broken by index): both 2nd neighbours are hits.
     out = uned_metrics(scores[:2], labels[:2], domains[:2], labels, domains, throw_first=True)
-    assert out == pytest.approx({"R@1": 1.0, "mMP@5": 1.0})
+    assert out == pytest.approx({"R@1": 1.0, "mMP@5": 1.0, "mAP@5": 1.0})
     swapped = scores[:2][:, [2, 1, 0, 3]]  # now the tie puts the miss (item 0, label 1 of domain b) first for q1
     out = uned_metrics(swapped, labels[:2], domains[:2], [1, 0, 0, 1], ["b", "a", "a", "a"], throw_first=True)
-    assert out == pytest.approx({"R@1": 0.5, "mMP@5": 0.5})
+    # q1 keeps [miss, hit, miss] after its first neighbour: AP (1/2) / 1.
+    assert out == pytest.approx({"R@1": 0.5, "mMP@5": 0.5, "mAP@5": 0.75})
 
 
 def test_top_k_is_exact_with_ties_by_index():
@@ -114,11 +126,12 @@ def test_merged_metrics_throw_first_per_domain_and_mean_over_domains():
     out = uned_merged_metrics(
         M_RANKS, M_QUERY_LABELS, M_QUERY_DOMAINS, M_LABELS, M_DOMAINS, {"s": True, "x": False}, ranks=True
     )
-    expected = {"s/R@1": 2 / 4, "s/mMP@5": 2 / 4, "x/R@1": 1 / 2, "x/mMP@5": 1 / 2}
+    # AP@5: s (after the thrown item) 01000 -> 1/2, 10000, 10000, 01000 -> 1/2; x 11000 -> 2/2, 01000 -> 1/2.
+    expected = {"s/R@1": 2 / 4, "s/mMP@5": 2 / 4, "s/mAP@5": 3 / 4, "x/R@1": 1 / 2, "x/mMP@5": 1 / 2, "x/mAP@5": 3 / 4}
     # The reference averages the per-domain values (not the 6 queries, which would give 3/6 and 3/6 here too, so
     # the next case makes them differ).
-    assert out == pytest.approx({"R@1": 0.5, "mMP@5": 0.5} | expected)
-    assert list(out) == ["R@1", "mMP@5", "s/R@1", "s/mMP@5", "x/R@1", "x/mMP@5"]
+    assert out == pytest.approx({"R@1": 0.5, "mMP@5": 0.5, "mAP@5": 0.75} | expected)
+    assert list(out) == ["R@1", "mMP@5", "mAP@5", "s/R@1", "s/mMP@5", "s/mAP@5", "x/R@1", "x/mMP@5", "x/mAP@5"]
     # Each domain is scored as uned_metrics scores it alone against the merged index.
     for d, throw in (("s", True), ("x", False)):
         rows = [i for i, q in enumerate(M_QUERY_DOMAINS) if q == d]
@@ -126,7 +139,7 @@ def test_merged_metrics_throw_first_per_domain_and_mean_over_domains():
             M_RANKS[rows], np.array(M_QUERY_LABELS)[rows], np.array(M_QUERY_DOMAINS)[rows], M_LABELS, M_DOMAINS,
             throw_first=throw, ranks=True,
         )  # fmt: skip
-        assert alone == pytest.approx({"R@1": out[f"{d}/R@1"], "mMP@5": out[f"{d}/mMP@5"]})
+        assert alone == pytest.approx({name: out[f"{d}/{name}"] for name in ("R@1", "mMP@5", "mAP@5")})
     # Dropping query 3 makes the domains unequal: mean over domains (2/3 + 1/2) / 2, not over queries 3/5.
     keep = [0, 1, 2, 4, 5]
     out = uned_merged_metrics(
@@ -163,8 +176,10 @@ def test_merged_metrics_decimals_round_per_domain_then_the_mean_like_the_referen
     exact = uned_merged_metrics(ranks, [0] * 9, q_domains, labels, domains, throw, k=1, ranks=True)
     assert exact["R@1"] == pytest.approx(4 / 9)
     rounded = uned_merged_metrics(ranks, [0] * 9, q_domains, labels, domains, throw, k=1, ranks=True, decimals=3)
-    assert rounded == {"R@1": 0.445, "mMP@1": 0.445, "a/R@1": 0.667, "a/mMP@1": 0.667, "b/R@1": 0.667,
-                       "b/mMP@1": 0.667, "c/R@1": 0.0, "c/mMP@1": 0.0}  # fmt: skip
+    # With k = 1, MP@1 and AP@1 are R@1.
+    assert rounded == {"R@1": 0.445, "mMP@1": 0.445, "mAP@1": 0.445, "a/R@1": 0.667, "a/mMP@1": 0.667,
+                       "a/mAP@1": 0.667, "b/R@1": 0.667, "b/mMP@1": 0.667, "b/mAP@1": 0.667, "c/R@1": 0.0,
+                       "c/mMP@1": 0.0, "c/mAP@1": 0.0}  # fmt: skip
 
 
 def test_multi_label_queries_follow_the_reference_rule():
@@ -177,10 +192,12 @@ def test_multi_label_queries_follow_the_reference_rule():
     # q0: n_same = 1 + 2 = 3, looks at [1, 3, 0]: 2 hits / 3. q1: [5] is label 5, n_same 1: [3] -> 1 / 1.
     # q2: label 4, n_same 2: [0, 3] -> 0 / 2, R@1 miss. q3: [3, 3] -> n_same 2 (item 4 is label 3 of domain h):
     # looks at [0, 1] -> 1 / 2.
-    assert out == pytest.approx({"R@1": 3 / 4, "mMP@5": (2 / 3 + 1 + 0 + 1 / 2) / 4})
+    # AP@5: q0 10110 -> (1 + 2/3 + 3/4) / 3; q1 1; q2 00011 -> (1/4 + 2/5) / 2; q3 10000 -> 1 / 2.
+    expected_ap = (29 / 36 + 1 + 0.325 + 0.5) / 4
+    assert out == pytest.approx({"R@1": 3 / 4, "mMP@5": (2 / 3 + 1 + 0 + 1 / 2) / 4, "mAP@5": expected_ap})
     # Keeping only the first id (what training does) changes q0 (label 3, n_same 1: [1] is a miss) and q3 (1 / 1).
     single = uned_metrics(ranks, [3, 5, 4, 3], ["g"] * 4, labels, domains, throw_first=False, ranks=True)
-    assert single == pytest.approx({"R@1": 2 / 4, "mMP@5": (0 + 1 + 0 + 1) / 4})
+    assert single == pytest.approx({"R@1": 2 / 4, "mMP@5": (0 + 1 + 0 + 1) / 4, "mAP@5": (1 / 3 + 1 + 0.325 + 1) / 4})
 
 
 def test_multi_label_errors_are_clear():
@@ -192,7 +209,76 @@ def test_multi_label_errors_are_clear():
         uned_metrics([[0, 1]], [[7, 8]], ["a"], [1, 2], ["a", "a"], throw_first=False, ranks=True, k=1)
     # A one-element list is that label, on both sides.
     one = uned_metrics([[1, 0]], [[2]], ["a"], [1, [2]], ["a", "a"], throw_first=False, ranks=True, k=1)
-    assert one == {"R@1": 1.0, "mMP@1": 1.0}
+    assert one == {"R@1": 1.0, "mMP@1": 1.0, "mAP@1": 1.0}
+
+
+def _uned_domains(seed: int, n_domains: int) -> tuple[list[dict[str, np.ndarray]], dict[int, bool]]:
+    """Random domains with raw class ids from 0 (as in the info files): index labels, query labels, throw."""
+    rng = np.random.default_rng(seed)
+    domains, throw = [], {}
+    for d in range(n_domains):
+        throw[d] = bool(rng.integers(2))
+        classes = rng.choice(12, size=rng.integers(1, 4), replace=False)  # not contiguous: ranges != counts
+        index = rng.permutation(np.repeat(classes, rng.integers(2, 4, size=len(classes))))
+        queries = index if throw[d] else rng.choice(classes, size=rng.integers(1, 5))
+        domains.append({"index": index, "query": queries})
+    return domains, throw
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_domains=st.integers(1, 4), levels=st.integers(2, 8))
+def test_uned_label_offsets_do_not_change_the_metrics(seed, n_domains, levels):
+    """irlib's offsets (summed class-id ranges), the official training offsets (cumulative class counts,
+    ``datasets.py`` lines 632-649), the official kNN labels (raw ids, no offset: ``get_knn_eval_datasets``) and
+    random distinct offsets give the same per-query values: a hit needs the query's domain."""
+    domains, throw = _uned_domains(seed, n_domains)
+    rng = np.random.default_rng(seed + 1)
+    ranges = [max(d["index"].max(), d["query"].max()) + 1 for d in domains]
+    counts = [len(np.unique(d["index"])) for d in domains]
+    offsets = {
+        "irlib": np.cumsum([0] + ranges[:-1]),
+        "class counts": np.cumsum([0] + counts[:-1]),
+        "raw": np.zeros(n_domains, dtype=np.int64),
+        "random": rng.choice(10**6, size=n_domains, replace=False),
+    }
+    query_domains = np.repeat(np.arange(n_domains), [len(d["query"]) for d in domains])
+    index_domains = np.repeat(np.arange(n_domains), [len(d["index"]) for d in domains])
+    scores = rng.integers(0, levels, size=(len(query_domains), len(index_domains))) / levels  # many ties
+    for protocol in ("merged", "separate"):
+        results = {}
+        for name, shift in offsets.items():
+            query_labels = np.concatenate([d["query"] + o for d, o in zip(domains, shift, strict=True)])
+            index_labels = np.concatenate([d["index"] + o for d, o in zip(domains, shift, strict=True)])
+            args = (scores, query_labels, query_domains, index_labels, index_domains, throw)
+            results[name] = uned_per_query(*args, protocol=protocol)
+        reference = results.pop("irlib")
+        for name, out in results.items():
+            for field in ("r1", "mp", "ap", "n_rel", "relevances"):
+                np.testing.assert_array_equal(getattr(out, field), getattr(reference, field), err_msg=(name, field))
+
+
+def test_uned_separate_protocol_sees_only_the_query_domain():
+    # Domain "x" index items 4-6 outrank domain "s" items for every query; the separate protocol skips them.
+    labels, domains = [0, 0, 1, 1, 0, 0, 1], ["s", "s", "s", "s", "x", "x", "x"]
+    scores = np.array([[0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7], [0.2, 0.1, 0.3, 0.4, 0.9, 0.8, 0.7]])
+    args = (scores, [0, 1], ["s", "s"], labels, domains, {"s": False})
+    separate = uned_separate_metrics(*args)
+    # q0 (label 0): own-domain order 3 2 1 0 -> r = 0011 over min(2, 5): MP 2/2, AP (1/3 + 2/4) / 2; R@1 miss.
+    # q1 (label 1): order 3 2 0 1 -> r = 1100: MP 1, AP 1, R@1 hit.
+    assert separate == pytest.approx(
+        {"R@1": 0.5, "mMP@5": 0.5, "mAP@5": (5 / 12 + 1) / 2, "s/R@1": 0.5, "s/mMP@5": 0.5, "s/mAP@5": (5 / 12 + 1) / 2}
+    )
+    merged = uned_merged_metrics(*args)  # merged: x items 4 5 6 fill the first places
+    assert merged["R@1"] == 0.0 and merged["mAP@5"] == pytest.approx((0 + (1 / 4 + 2 / 5) / 2) / 2)
+    ranks = np.array([[4, 3, 5, 2, 1, 0, 6], [4, 3, 2, 0, 1, 5, 6]])
+    by_ranks = uned_separate_metrics(ranks, *args[1:], ranks=True)
+    assert by_ranks == pytest.approx(separate)
+    with pytest.raises(
+        ValueError, match=r"ranks of query 0 hold 3 ids of its domain 's'; the separate protocol needs 4"
+    ):
+        uned_separate_metrics(ranks[:, :5], *args[1:], ranks=True)
+    with pytest.raises(ValueError, match="protocol must be 'merged' or 'separate'"):
+        uned_per_query(*args, protocol="common")
 
 
 # ---- ILIAS: top-k lists (the official pickle's sims/ranks) give the dense result ----
@@ -263,6 +349,58 @@ def test_ilias_top_k_errors():
         ilias_map_at_k([[0.1, 0.2]], [[1]], ids=[[-1, 1]])
     with pytest.raises(ValueError, match=r"positives of query 0 must be database ids >= 0"):
         ilias_map_at_k([[0.1, 0.2]], [[-3]], ids=[[0, 1]])
+
+
+# ---- ILIAS report: scale / clutter groups, (sub)categories (evaluation/src/dataset.py) ----
+
+DB_IDS = ["a/pos/P0.jpg", "a/pos/P1.jpg", "distractors/0.jpg", "distractors/1.jpg", "b/pos/P0.jpg"]
+POSITIVE_INFO = {"a/pos/P0.jpg": (0.01, 10), "a/pos/P1.jpg": (0.5, 60), "b/pos/P0.jpg": (0.1, 20)}
+TAXONOMY = {"obj": {"toy": {"misc": ["a"]}, "tool": {"misc": ["b"]}}}
+QUERY_IDS = ["a/query/Q000_00.jpg", "b/query/T000.txt"]
+REPORT_SCORES = np.array([[0.5, 0.9, 0.8, 0.1, 0.2], [0.1, 0.2, 0.3, 0.4, 0.35]])
+
+
+def test_ilias_report_by_hand():
+    out = ilias_report(REPORT_SCORES, QUERY_IDS, DB_IDS, POSITIVE_INFO, TAXONOMY, k=3)
+    # q0 (a): top 3 = P1 hit, d0, P0 hit -> AP (1 + 2/3) / 2, oracle 2/3 * 3/2. q1 (b): d1, P0 hit -> 1/2, 1/3 * 3/1.
+    np.testing.assert_allclose(out.aps, [500 / 6, 50])
+    assert out.map == pytest.approx((500 / 6 + 50) / 2) and out.oracle == pytest.approx(100)
+    # Scale groups: a's P0 (0.01) is in group 0, P1 (0.5) in group 3, b's P0 (0.1) in group 1. In group 0 P1 leaves
+    # the ranking: d0, P0 -> 1/2; in group 3 P0 leaves it: P1 first -> 1. Clutter 10, 60, 20: groups 0, 3, 1 too.
+    nan = np.nan
+    for per_query in (out.scale_aps, out.clutter_aps):
+        np.testing.assert_allclose(per_query, [[50, nan, nan, 100], [nan, 50, nan, nan]])
+    assert out.scale == pytest.approx({"0-0.06880213760855043": 50, "0.06880213760855043-0.13526567164179104": 50,
+                                       "0.2729876723163842-inf": 100})  # fmt: skip
+    assert out.clutter == pytest.approx({"0-18": 50, "18-33": 50, "53-inf": 100})
+    assert out.categories == pytest.approx({"obj": (500 / 6 + 50) / 2})
+    assert out.subcategories == pytest.approx({"obj-toy": 500 / 6, "obj-tool": 50})
+    # The same from top-2 lists (lists shorter than k + |gt| still follow the official code on those lists).
+    ids = np.array([[2, 1], [4, 3]])
+    listed = ilias_report(np.take_along_axis(REPORT_SCORES, ids, 1), QUERY_IDS, DB_IDS, POSITIVE_INFO, TAXONOMY,
+                          k=3, ids=ids)  # fmt: skip
+    np.testing.assert_allclose(listed.aps, [50, 50])  # q0 list: P1 hit, d0 -> (1) / min(3, 2)
+    # A positive missing from the database still counts in |gt| (dataset.py builds gt from positive_ids.txt).
+    more = POSITIVE_INFO | {"a/pos/P9.jpg": (0.01, 10)}
+    assert ilias_report(REPORT_SCORES, QUERY_IDS, DB_IDS, more, TAXONOMY, k=3).aps[0] == pytest.approx(100 * 5 / 9)
+
+
+def test_ilias_report_errors():
+    args = (QUERY_IDS, DB_IDS, POSITIVE_INFO, TAXONOMY)
+    with pytest.raises(ValueError, match=r"db_ids must be distinct; 'a/pos/P0.jpg' is listed more than once"):
+        ilias_report(np.zeros((2, 6)), QUERY_IDS, DB_IDS + DB_IDS[:1], POSITIVE_INFO, TAXONOMY)
+    with pytest.raises(ValueError, match=r"query 'c/query/Q.jpg': its instance 'c' has no positive in positive_info"):
+        ilias_report(REPORT_SCORES, ["a/query/Q.jpg", "c/query/Q.jpg"], *args[1:])
+    with pytest.raises(ValueError, match=r"query 'b/query/T000.txt': its instance 'b' is not in the taxonomy"):
+        ilias_report(REPORT_SCORES, *args[:3], {"obj": {"toy": {"misc": ["a"]}}})
+    with pytest.raises(ValueError, match=r"taxonomy lists instance 'a' twice"):
+        ilias_report(REPORT_SCORES, *args[:3], TAXONOMY | {"other": {"x": {"y": ["a"]}}})
+    with pytest.raises(ValueError, match=r"taxonomy\['obj'\]\['toy'\]\['misc'\] must be a list of instances"):
+        ilias_report(REPORT_SCORES, *args[:3], {"obj": {"toy": {"misc": "a"}}})
+    with pytest.raises(ValueError, match=r"scores must have shape \(2, 5\)"):
+        ilias_report(REPORT_SCORES[:, :4], *args)
+    with pytest.raises(ValueError, match=r"ids must be database ids >= 0 and < 5"):
+        ilias_report(REPORT_SCORES[:, :2], *args, ids=[[0, 5], [1, 2]])
 
 
 # ---- GLDv2 mAP@100: DELF metrics.MeanAveragePrecision and dataset_file_io.ReadPredictions ----

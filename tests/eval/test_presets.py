@@ -13,6 +13,7 @@ from skimage import data
 
 from irlib.eval.extract import PRESETS, _Images, extract_descriptors, multiscale_descriptor, preset, scale_image
 from tests.conftest import oracle_model_case
+from tests.data.test_images import jpeg_bytes, write_shard
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BOX = [30.5, 20.4, 380.6, 251.5]  # fractional, as many ROxf boxes
@@ -132,3 +133,62 @@ def test_cvnet_preset_with_the_converted_official_model_reproduces_the_official_
     paths = _png_copies(rec["inputs"]["ms_image_u8"].numpy(), tmp_path)
     got = extract_descriptors(model, paths, cfg=preset("cvnet", crop_queries=False), progress=False)
     np.testing.assert_allclose(got, rec["outputs"]["ms_global_desc"].numpy(), rtol=0, atol=1e-6)
+
+
+def _load(cfg, ref) -> np.ndarray:
+    return _Images([ref], None, cfg, MEAN, STD, "photo").load(0)
+
+
+def test_ilias_sets_the_longer_side_to_512_with_pillows_default_resize_enlarging_too(photo, tmp_path):
+    cfg = PRESETS["ilias"]
+    assert (cfg.scales, cfg.crop_queries, cfg.fp16) == ((1.0,), False, True)
+    full = Image.open(photo).convert("RGB")  # 451 x 300: enlarged
+    assert full.size == (451, 300)
+    (x,) = _Images([photo], None, cfg, MEAN, STD, "photo")[0][1]
+    assert x.shape == (3, int(512 * 300 / 451), 512) == (3, 340, 512)
+    torch.testing.assert_close(x, normalise(np.asarray(full.resize((512, 340)))), rtol=0, atol=0)  # LargeSideResize
+    portrait = tmp_path / "portrait.png"
+    full.transpose(Image.Transpose.TRANSPOSE).save(portrait)
+    assert _load(cfg, portrait).shape == (512, int(512 / (451 / 300)), 3) == (512, 340, 3)
+    small = preset("ilias", image_size=384)  # the resolution of many models in ilias scripts/models.sh
+    assert _load(small, photo).shape == (255, 384, 3)
+
+
+def test_ilias_transposes_image_files_by_exif_but_not_shard_members(tmp_path):
+    img = data.astronaut()[::4, ::2]  # 128 x 256
+    payload = jpeg_bytes(img, orientation=6)
+    (tmp_path / "P000_00.jpg").write_bytes(payload)
+    member = write_shard(tmp_path / "000000.tar", {"00000001.jpg": payload})["00000001.jpg"]
+    cfg = PRESETS["ilias"]
+    assert _load(cfg, tmp_path / "P000_00.jpg").shape == (512, 256, 3)  # turned upright, as ImageDataset does
+    assert _load(cfg, member).shape == (256, 512, 3)  # as decoded by webdataset, no transpose
+    assert _load(preset("ilias", exif_transpose="always"), member).shape == (512, 256, 3)
+    assert _load(preset("ilias", exif_transpose="never"), tmp_path / "P000_00.jpg").shape == (256, 512, 3)
+
+
+def test_uned_resizes_the_shorter_side_to_224_bilinearly_and_crops_the_centre(photo, tmp_path):
+    cfg = PRESETS["uned"]
+    assert (cfg.image_size, cfg.scales, cfg.crop_queries) == (224, (1.0,), False)
+    arr = np.asarray(Image.open(photo).convert("RGB")).astype(np.float32)  # 300 x 451
+    (x,) = _Images([photo], None, cfg, MEAN, STD, "photo")[0][1]
+    assert x.shape == (3, 224, 224)
+    # tf.image.resize bilinear = half-pixel centres without antialiasing, as OpenCV's INTER_LINEAR on floats
+    width = int(451 / 300 * 224)
+    expected = cv2.resize(arr, (width, 224), interpolation=cv2.INTER_LINEAR)[:, (width - 224) // 2 :][:, :224]
+    torch.testing.assert_close(x, normalise(expected), rtol=0, atol=1e-4)
+    portrait = tmp_path / "portrait.png"
+    Image.fromarray(arr.astype(np.uint8).transpose(1, 0, 2)).save(portrait)
+    got = _load(cfg, portrait)
+    assert got.shape == (224, 224, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected.transpose(1, 0, 2), atol=1e-3)
+
+
+def test_universal_presets_extract_descriptors(photo):
+    from irlib.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("gem", backbone="efficientnet_lite0")
+    ilias = extract_descriptors(model, [photo], cfg=preset("ilias", image_size=128), progress=False)
+    uned = extract_descriptors(model, [photo], cfg=PRESETS["uned"], progress=False)
+    assert ilias.dtype == np.float16 and uned.dtype == np.float32 and ilias.shape == uned.shape == (1, model.feat_dim)
+    np.testing.assert_allclose(np.linalg.norm(uned, axis=1), 1, atol=1e-5)

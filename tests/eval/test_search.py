@@ -5,12 +5,15 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from irlib.eval.search import (
     ShortlistSearch,
     StackedDatabase,
     build_index,
     database_scores,
+    exact_top_k,
     knn,
     recall_at_k,
     refine,
@@ -25,6 +28,43 @@ from tests.eval.conftest import clustered
 def _unit(rng, n, d):
     x = rng.standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 120),
+    n_q=st.integers(1, 12),
+    k=st.integers(1, 15),
+    query_block=st.integers(1, 7),
+    chunk=st.integers(1, 40),
+    duplicates=st.integers(0, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_exact_top_k_is_the_stable_descending_order_of_exact_scores(n, n_q, k, query_block, chunk, duplicates, seed):
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.standard_normal((n, 8)), 1).astype(np.float32)  # coarse values: many exact ties
+    x[rng.integers(0, n, size=duplicates)] = x[0]  # identical rows must tie exactly, wherever they sit
+    q = np.round(rng.standard_normal((n_q, 8)), 1).astype(np.float32)
+    scores, ids = exact_top_k(q, x.astype(np.float16) if seed % 2 else x, k, query_block=query_block, chunk=chunk)
+    x = x.astype(np.float16).astype(np.float32) if seed % 2 else x
+    exact = (q.astype(np.float64) @ x.astype(np.float64).T).astype(np.float32)
+    expected = np.argsort(-exact, axis=1, kind="stable")[:, : min(k, n)]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(scores, np.take_along_axis(exact, expected, axis=1))
+
+
+def test_exact_top_k_reads_a_stacked_memory_mapped_database_and_names_bad_input(tmp_path):
+    rng = np.random.default_rng(0)
+    x = _unit(rng, 300, 16)
+    np.save(tmp_path / "x.npy", x[100:].astype(np.float16))
+    stacked = StackedDatabase(x[:100], np.load(tmp_path / "x.npy", mmap_mode="r"))
+    q = _unit(rng, 5, 16)
+    _, ids = exact_top_k(q, stacked, 10, chunk=64)
+    np.testing.assert_array_equal(ids, exact_top_k(q, np.concatenate([x[:100], np.asarray(stacked[100:])]), 10)[1])
+    with pytest.raises(ValueError, match="descriptor sizes differ"):
+        exact_top_k(q[:, :8], x, 3)
+    with pytest.raises(ValueError, match="must be positive"):
+        exact_top_k(q, x, 0)
 
 
 def test_knn_equals_the_top_of_the_full_score_matrix():

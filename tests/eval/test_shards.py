@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
+from irlib.data.ilias import index_shards
 from irlib.data.revisited import Distractors
 from irlib.eval.extract import ExtractConfig, extract_descriptors
 from irlib.eval.shards import (
@@ -26,9 +27,11 @@ from irlib.eval.shards import (
     chunk_path,
     extract_sharded,
     load_features,
+    paths_fingerprint,
     read_meta,
 )
 from irlib.models import create_model
+from tests.data.test_images import write_shard
 
 N_IMAGES, CHUNK = 20, 3  # 7 chunks, the last one of 2 images
 CFG = ExtractConfig(image_size=64, scales=(1.0,))
@@ -217,3 +220,28 @@ def test_load_features_is_a_read_only_float16_memory_map(paths, tmp_path):
     with pytest.raises(ValueError, match="read-only"):
         feats[0, 0] = 1
     np.testing.assert_allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=1e-2)
+
+
+def test_tar_members_extract_resume_and_match_the_files(distractor_root, paths, reference, tmp_path):
+    """The distractor images packed in two webdataset shards, as ILIAS's YFCC100M: a killed job resumes."""
+    half = N_IMAGES // 2
+    for s, part in enumerate((paths[:half], paths[half:])):
+        write_shard(
+            tmp_path / "yfcc100m" / f"{s:06d}.tar", {f"{i:08d}.jpg": p.read_bytes() for i, p in enumerate(part)}
+        )
+    members = list(index_shards(tmp_path / "yfcc100m", progress=False).values())
+    assert len(members) == N_IMAGES and members[half].shard.name == "000001.tar"
+    fingerprint = paths_fingerprint(members)
+    assert fingerprint == paths_fingerprint(list(members)) and fingerprint != paths_fingerprint(paths)
+    out = tmp_path / "features"
+    model = make_model()
+    count_images(model, fail_after=CHUNK + 1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract_sharded(model, members, out, CFG, chunk_size=CHUNK, progress=False)
+    assert chunks_on_disk(out) == {0}
+    model = make_model()
+    seen = count_images(model)
+    extract_sharded(model, members, out, CFG, chunk_size=CHUNK, progress=False)
+    assert sum(seen) == N_IMAGES - CHUNK
+    assert_features(out, reference)
+    assert read_meta(out)["paths_sha256"] == fingerprint

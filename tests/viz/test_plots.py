@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from irlib.viz import style
-from irlib.viz.plots import MAX_NAME, figure_name, plot_per_query_ap, save_figure
+from irlib.viz.plots import MAX_NAME, figure_name, plot_benchmark_breakdown, plot_per_query_ap, save_figure
 
 
 def test_bars_show_each_query_ap_sorted_by_medium(tmp_path):
@@ -36,6 +36,27 @@ def test_bars_show_each_query_ap_sorted_by_medium(tmp_path):
         "03_demo_gem_efficientnet_lite0_pretrained=True.pdf",
     ]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_benchmark_breakdown_shows_domains_groups_or_headline_values():
+    uned = {
+        "R@1": 60.0,
+        "per_domain": {"cars": {"R@1": 50.0, "mMP@5": 40.0}, "gldv2": {"R@1": 70.0, "mMP@5": 30.0}},
+        "official_rounded": {"R@1": 0.6},
+    }
+    ax = plot_benchmark_breakdown(uned, "uned").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cars", "gldv2"]
+    assert {c.get_label(): [b.get_height() for b in c] for c in ax.containers} == {
+        "R@1": [50.0, 70.0],
+        "mMP@5": [40.0, 30.0],
+    }
+    ilias = {"mAP@1000": 40.0, "scale": {"0-0.07": 10.0, "0.07-inf": 60.0}, "clutter": {"0-18": 45.0}}
+    axes = plot_benchmark_breakdown(ilias).axes
+    assert [a.get_title() for a in axes] == ["scale", "clutter"]
+    assert [b.get_height() for b in axes[0].containers[0]] == [10.0, 60.0]
+    gldv2 = plot_benchmark_breakdown({"private mAP@100": 20.0, "public mAP@100": 25.0}).axes[0]
+    assert [b.get_height() for b in gldv2.containers[0]] == [20.0, 25.0]
+    plt.close("all")
 
 
 def test_training_curves_plot_the_logged_loss_and_lr(tmp_path):

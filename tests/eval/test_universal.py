@@ -1,0 +1,83 @@
+"""Universal benchmarks evaluated end to end: official input formats in, the official code's numbers out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from irlib.data.uned import uned_knn
+from irlib.eval.universal import read_uned_descriptors, score_descriptors, uned_benchmark, write_uned_descriptors
+from irlib.io import load_data_pickle
+
+ORACLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "oracle" / "universal"
+
+
+def _uned_cases() -> list[dict]:
+    if not (ORACLE / "uned_knn_cases.pkl").is_file():
+        pytest.skip(f"official UnED outputs not found in {ORACLE} (the team's ../shared reference data)")
+    return load_data_pickle(ORACLE / "uned_knn_cases.pkl")["cases"]
+
+
+def _write_official_inputs(case: dict, root: Path) -> Path:
+    """The case as the official code received it: info files ``<d>/<split>.json`` and the descriptor JSON."""
+    descriptors: dict[str, dict[str, list]] = {}
+    for d in case["domains"]:
+        data = case["data"][d]
+        folder = root / "info_files" / d
+        folder.mkdir(parents=True)
+        sides = [(data["index_split"], data["index_labels"], data["index_desc"])]
+        if not data["throw_1st"]:
+            sides.append((data["query_split"], data["query_labels"], data["query_desc"]))
+        descriptors[d] = {}
+        for split, labels, desc in sides:
+            entries = [{"path": f"{d}/{split}/{i}.jpg", "class_id": int(c)} for i, c in enumerate(labels)]
+            (folder / f"{split}.json").write_text(json.dumps(entries))
+            descriptors[d][split] = desc.tolist()
+    (root / "descriptors.json").write_text(json.dumps(descriptors))
+    return root / "descriptors.json"
+
+
+@pytest.mark.parametrize("protocol", ["merged", "separate"])
+def test_uned_from_info_files_and_descriptor_json_equals_the_official_script(tmp_path, protocol):
+    for case in _uned_cases():
+        root = tmp_path / case["name"]
+        descriptors = _write_official_inputs(case, root)
+        knn = uned_knn(root, domains=case["domains"])
+        queries, database = read_uned_descriptors(knn, descriptors)
+        result = score_descriptors(uned_benchmark(knn, protocol=protocol), queries, database)
+        expected = case["expected"][protocol]
+        got = result.metrics["metrics"]
+        names = {"r1": "R@1", "mmp5": "mMP@5", "map5": "mAP@5"}
+        for d in case["domains"]:
+            for theirs, ours in names.items():
+                want = expected["per_domain_unrounded"][d][theirs] * 100
+                assert got["per_domain"][d][ours] == pytest.approx(want, abs=1e-4), (case["name"], d, ours)
+                assert got["official_rounded"][f"{d}/{ours}"] == expected["per_domain"][d][theirs]
+        for theirs, ours in names.items():
+            assert got[ours] == pytest.approx(expected["average_unrounded"][theirs] * 100, abs=1e-4), case["name"]
+            assert got["official_rounded"][ours] == expected["average"][theirs]
+        rows = result.per_query
+        for d in case["domains"]:
+            want = expected["per_query"][d]
+            mine = rows[rows["domain"] == d]
+            np.testing.assert_array_equal(mine["R@1"].to_numpy() / 100, want["r1"])
+            np.testing.assert_allclose(mine["MP@5"].to_numpy() / 100, want["mp5"], atol=1e-9)
+            np.testing.assert_allclose(mine["AP@5"].to_numpy() / 100, want["ap5"], atol=1e-9)
+            np.testing.assert_array_equal(mine["n_relevant"].to_numpy(), want["n_rel"])
+
+
+def test_uned_descriptor_json_round_trips_in_info_file_order(tmp_path):
+    case = _uned_cases()[0]
+    descriptors = _write_official_inputs(case, tmp_path)
+    knn = uned_knn(tmp_path, domains=case["domains"])
+    queries, database = read_uned_descriptors(knn, descriptors)
+    write_uned_descriptors(knn, queries, database, tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == json.loads(descriptors.read_text())
+    broken = json.loads(descriptors.read_text())
+    broken[case["domains"][0]].popitem()
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=rf"broken\.json has no descriptors for {case['domains'][0]}/"):
+        read_uned_descriptors(knn, tmp_path / "broken.json")
