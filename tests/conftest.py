@@ -54,6 +54,30 @@ def tiny_revisited(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo folder with every protocol: revisited test set, GLDv2-layout training split, UnED (3 domains)
+    and ILIAS (tar shards of distractors)."""
+    from irlib.data.synthetic import DemoConfig, make_demo_data
+
+    config = DemoConfig(
+        n_test_landmarks=2,
+        queries_per_landmark=1,
+        n_distractors=2,
+        n_train_landmarks=3,
+        n_overlap_landmarks=0,
+        uned_train_classes=3,
+        uned_val_classes=1,
+        uned_test_classes=3,
+        uned_index_only_classes=1,
+        uned_views=3,
+        ilias_instances=3,
+        ilias_distractors=6,
+        ilias_shards=2,
+    )
+    return make_demo_data(tmp_path_factory.mktemp("small_demo"), config, progress=False)
+
+
 def oracle_model_case(filename: str) -> tuple[dict, dict, Any]:
     """An official-model record of ``../shared/data/oracle/models/``: ``(record, official_state_dict, x)``.
 

@@ -362,3 +362,45 @@ def test_a_bad_weights_file_is_one_line_naming_it(tiny_revisited, tmp_path, caps
     assert _eval(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "model.pth" in err and message in err, err
+
+
+def test_universal_benchmarks_run_from_the_command_line_into_ordinary_run_folders(small_demo, tmp_path, capsys):
+    from irlib.results import load_runs
+
+    uned = ["--data-root", str(small_demo), "--dataset", "uned", "--domains", "cars", "inshop", "gldv2"]
+    assert _eval([*uned, "--out", str(tmp_path / "uned")]) == 0
+    metrics = json.loads((tmp_path / "uned" / "metrics.json").read_text())
+    assert (metrics["dataset"], metrics["benchmark"]) == ("uned", "uned-merged")
+    assert set(metrics["metrics"]["per_domain"]) == {"cars", "inshop", "gldv2"}
+    assert metrics["settings"]["image_size"] == 64  # --image-size overrides the uned preset's 224
+    per_query = (tmp_path / "uned" / "per_query.csv").read_text().splitlines()
+    assert per_query[0] == "query,domain,R@1,MP@5,AP@5,n_relevant"
+    assert len(per_query) - 1 == metrics["settings"]["n_queries"]
+    ilias = ["--data-root", str(small_demo), "--dataset", "ilias", "--out", str(tmp_path / "ilias")]
+    assert _eval(ilias) == 0
+    report = json.loads((tmp_path / "ilias" / "metrics.json").read_text())["metrics"]
+    assert {"mAP@1000", "oracle", "scale", "clutter", "categories", "subcategories"} <= report.keys()
+    runs = load_runs(tmp_path).set_index("dataset")
+    assert runs.loc["uned", "R@1"] == metrics["metrics"]["R@1"] and runs.loc["ilias", "mAP@1000"] == report["mAP@1000"]
+    assert main(["summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "uned-merged" in out and "mAP@1000" in out
+    assert _eval([*uned, "--query-boxes", "--out", str(tmp_path / "bad")]) == 2
+    assert "--query-boxes does not apply to uned" in capsys.readouterr().err
+
+
+def test_a_benchmark_database_extracted_once_is_evaluated_from_its_features(small_demo, tmp_path, capsys):
+    model = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--scales", "1", "--pretrained"]
+    where = ["--data-root", str(small_demo), "--dataset", "mini-ilias", "--pretrained"]  # the same weights
+    assert main(["extract", *where[:-1], *model, "--out", str(tmp_path / "feats"), "--chunk-size", "4"]) == 0
+    assert _eval([*where, "--out", str(tmp_path / "direct")]) == 0
+    assert _eval([*where, "--database-features", str(tmp_path / "feats"), "--out", str(tmp_path / "from")]) == 0
+    direct, stored = (json.loads((tmp_path / d / "metrics.json").read_text())["metrics"] for d in ("direct", "from"))
+    assert stored["mAP@1000"] == pytest.approx(direct["mAP@1000"], abs=0.5)  # fp16 storage of the features
+    assert (
+        _eval(
+            [*where, "--database-features", str(tmp_path / "feats"), "--image-size", "48", "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
+    assert "other settings (image_size)" in capsys.readouterr().err

@@ -19,12 +19,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from irlib.data.revisited import RevisitedDataset
-from irlib.eval.extract import ExtractConfig
+from irlib.eval.extract import ExtractConfig, model_fingerprint
 from irlib.eval.pipeline import evaluate_model, prepare_out_dir, save_result
 from irlib.eval.universal import load_benchmark
 from irlib.io import write_json
 from irlib.models import create_model
 from irlib.train.config import TrainConfig
+from irlib.train.engine import RESUMABLE_CHANGES
 from irlib.train.run import train
 
 TRANSFER_METHODS: tuple[str, ...] = (
@@ -108,18 +109,45 @@ def run_transfer_study(cfg: TransferConfig, *, progress: bool = True) -> pd.Data
     plan = [(m, s) for m in cfg.methods for s in cfg.sources]
     for method, source in tqdm(plan, desc="transfer study", unit="run", disable=not progress):
         run = out / method / f"train-{source}"
-        if not (run / "model.pth").is_file():  # an interrupted training continues from its checkpoint
+        train_cfg = _train_config(cfg, method, source, run)
+        if (run / "model.pth").is_file():
+            _check_finished(run, train_cfg)
+        else:  # an interrupted training continues from its checkpoint
             resume = (run / "checkpoint.pt").is_file()
-            train(_train_config(cfg, method, source, run), resume=resume, overwrite=not resume)
+            train(train_cfg, resume=resume, overwrite=not resume)
         kwargs = dict(cfg.model_kwargs.get(method, {}))
         model = create_model(method, backbone=cfg.backbone, weights=str(run / "model.pth"), **kwargs)
+        fingerprint = model_fingerprint(model)
         for target, data in (("uned", uned), ("landmarks", landmarks)):
             folder = run / f"eval-{target}"
-            if not (folder / "run.json").is_file():
+            if not _evaluated(folder, fingerprint, eval_cfg):
                 result = evaluate_model(model, data, eval_cfg, progress=False)
                 save_result(result, prepare_out_dir(folder, force=True))
             rows += _metric_rows(folder, method, source, target)
     return pd.DataFrame(rows, columns=["method", "trained_on", "evaluated_on", "metric", "value", "run_id"])
+
+
+def _check_finished(run: Path, cfg: TrainConfig) -> None:
+    """A finished training is read back only if it was run with ``cfg`` (up to the fields that do not change
+    training): otherwise its numbers would be another study's."""
+    params = json.loads((run / "run.json").read_text())["params"]
+    wanted = json.loads(json.dumps(asdict(cfg)))
+    differ = sorted(k for k, v in wanted.items() if k not in RESUMABLE_CHANGES and params.get(k) != v)
+    if differ:
+        raise ValueError(
+            f"{run} holds a finished training with other settings ({', '.join(differ)}) than this study; choose "
+            f"another out_dir or remove that folder"
+        )
+
+
+def _evaluated(folder: Path, fingerprint: str, cfg: ExtractConfig) -> bool:
+    """Whether ``folder`` holds an evaluation of the model with ``fingerprint`` under ``cfg``."""
+    if not (folder / "run.json").is_file():
+        return False
+    settings = json.loads((folder / "metrics.json").read_text())["settings"]
+    return settings.get("state_dict_sha256") == fingerprint and all(
+        settings.get(k) == v for k, v in cfg.settings().items()
+    )
 
 
 def _train_config(cfg: TransferConfig, method: str, source: str, out: Path) -> TrainConfig:

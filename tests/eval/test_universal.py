@@ -81,3 +81,28 @@ def test_uned_descriptor_json_round_trips_in_info_file_order(tmp_path):
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match=rf"broken\.json has no descriptors for {case['domains'][0]}/"):
         read_uned_descriptors(knn, tmp_path / "broken.json")
+
+
+def test_gldv2_retrieval_scores_the_ranking_as_the_kaggle_metric_per_split(tmp_path):
+    from irlib.data.gldv2 import gldv2_retrieval
+    from irlib.eval.metrics import gldv2_map_at_k
+    from irlib.eval.universal import gldv2_benchmark
+    from tests.data.test_gldv2_retrieval import I1, I2, I3, I4, SOLUTION_CSV, T1, T2, T3, T4, T5
+
+    (tmp_path / "index.csv").write_text(f"id\n{I1}\n{I2}\n{I3}\n{I4}\n")
+    (tmp_path / "test.csv").write_text(f"id\n{T1}\n{T2}\n{T3}\n{T4}\n{T5}\n")
+    (tmp_path / "retrieval_solution_v2.1.csv").write_text(SOLUTION_CSV)
+    ds = gldv2_retrieval(tmp_path)
+    bench = gldv2_benchmark(ds)
+    assert bench.query_names == [T1, T3] and bench.depth == 100  # Ignored rows are never queries
+    database = np.eye(4, dtype=np.float32)
+    queries = np.array([[0.1, 0.5, 0.9, 0.0], [0.0, 0.0, 1.0, 0.2]], dtype=np.float32)  # T1: I3 I2 ...; T3: I3 I4
+    result = score_descriptors(bench, queries, database)
+    ranked = {q: [ds.index_ids[i] for i in row] for q, row in zip(bench.query_names, result.ranks, strict=True)}
+    assert ranked[T1][:2] == [I3, I2] and ranked[T3][:2] == [I3, I4]
+    public = gldv2_map_at_k({T1: ranked[T1]}, {T1: ds.solution[T1]}) * 100
+    assert result.metrics["metrics"] == {"private mAP@100": 100.0, "public mAP@100": pytest.approx(public, abs=1e-4)}
+    assert result.per_query.loc[T3, "usage"] == "Private" and result.per_query.loc[T1, "AP@100"] == pytest.approx(
+        public
+    )
+    assert {T2, T4, T5}.isdisjoint(result.per_query.index)

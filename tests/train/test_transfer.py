@@ -8,31 +8,10 @@ import json
 import pandas as pd
 import pytest
 
-from irlib.data.synthetic import DemoConfig, make_demo_data
 from irlib.train import transfer
 from irlib.train.transfer import TransferConfig, domain_table, rank_per_domain, run_transfer_study
 
 DOMAINS = ["cars", "inshop", "gldv2"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    config = DemoConfig(
-        n_test_landmarks=2,
-        queries_per_landmark=1,
-        n_distractors=2,
-        n_train_landmarks=3,
-        n_overlap_landmarks=0,
-        uned_train_classes=3,
-        uned_val_classes=1,
-        uned_test_classes=3,
-        uned_index_only_classes=1,
-        uned_views=3,
-        ilias_instances=2,
-        ilias_distractors=2,
-        ilias_shards=1,
-    )
-    return make_demo_data(tmp_path_factory.mktemp("demo"), config, progress=False)
 
 
 def _config(demo, out) -> TransferConfig:
@@ -52,8 +31,8 @@ def _config(demo, out) -> TransferConfig:
     )
 
 
-def test_every_source_is_trained_and_evaluated_on_every_target_then_read_back(demo, tmp_path, monkeypatch):
-    results = run_transfer_study(_config(demo, tmp_path / "study"), progress=False)
+def test_every_source_is_trained_and_evaluated_on_every_target_then_read_back(small_demo, tmp_path, monkeypatch):
+    results = run_transfer_study(_config(small_demo, tmp_path / "study"), progress=False)
     assert set(results["trained_on"]) == {"uned", "landmarks"} and set(results["evaluated_on"]) == {"uned", "landmarks"}
     for source in ("uned", "landmarks"):
         run = tmp_path / "study" / "gem" / f"train-{source}"
@@ -77,8 +56,12 @@ def test_every_source_is_trained_and_evaluated_on_every_target_then_read_back(de
 
     monkeypatch.setattr(transfer, "train", fail)
     monkeypatch.setattr(transfer, "evaluate_model", fail)
-    again = run_transfer_study(_config(demo, tmp_path / "study"), progress=False)
+    again = run_transfer_study(_config(small_demo, tmp_path / "study"), progress=False)
     pd.testing.assert_frame_equal(again, results)
+    longer = _config(small_demo, tmp_path / "study")
+    longer.steps = 3  # another budget must not read back this study's models
+    with pytest.raises(ValueError, match=r"gem/train-uned holds a finished training with other settings \(max_steps\)"):
+        run_transfer_study(longer, progress=False)
 
 
 def test_domain_table_and_ranks():
