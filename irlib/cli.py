@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ def _search_options(args: argparse.Namespace) -> dict[str, int]:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from irlib.data.registry import load_dataset
-    from irlib.eval.pipeline import evaluate_model, prepare_out_dir, save_result, summary_table
+    from irlib.eval.pipeline import evaluate_model, save_result, summary_table
 
     if args.data_root is not None and not args.dataset:
         raise SystemExit("irlib eval: --data-root needs --dataset NAME")
@@ -207,9 +208,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         fp16=args.fp16 or None,
     )
     model = _create_model(args)
-    created = not args.out.exists()
-    out = prepare_out_dir(args.out, force=args.force)
-    try:
+    with _run_folder(args.out, args.force) as out:
         result = evaluate_model(
             model,
             dataset,
@@ -223,10 +222,6 @@ def _run_eval(args: argparse.Namespace) -> int:
             dba=_dba(args.dba),
         )
         save_result(result, out)
-    except BaseException:
-        if created and not any(out.iterdir()):  # leave no empty folder behind a failed run
-            out.rmdir()
-        raise
     name = f"{args.method}/{args.backbone}" + (f" + {args.rerank}" if args.rerank else "")
     print(summary_table({name: result.metrics}).round(2).to_string())
     recall = result.metrics["settings"]["search"].get("recall@100")
@@ -237,6 +232,22 @@ def _run_eval(args: argparse.Namespace) -> int:
         )
     print(f"wrote {out / 'metrics.json'}")
     return 0
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, force: bool) -> Iterator[Path]:
+    """The evaluation's ``--out`` folder (refused if it holds a run, unless ``force``); a failed evaluation removes it
+    again when it created it and nothing was written."""
+    from irlib.eval.pipeline import prepare_out_dir
+
+    created = not out.exists()
+    folder = prepare_out_dir(out, force=force)
+    try:
+        yield folder
+    except BaseException:
+        if created and not any(folder.iterdir()):  # leave no empty folder behind a failed run
+            folder.rmdir()
+        raise
 
 
 _BENCHMARK_OPTIONS = {"protocol": "--protocol", "domains": "--domains", "query_boxes": "--query-boxes"}
@@ -254,7 +265,7 @@ def _benchmark(args: argparse.Namespace) -> Benchmark:
 
 
 def _run_benchmark_eval(args: argparse.Namespace) -> int:
-    from irlib.eval.pipeline import prepare_out_dir, save_result, summary_table
+    from irlib.eval.pipeline import save_result, summary_table
     from irlib.eval.universal import evaluate_benchmark
 
     revisited_only = {
@@ -272,9 +283,7 @@ def _run_benchmark_eval(args: argparse.Namespace) -> int:
         args.preset = bench.preset
     cfg = _extract_config(args, crop_mode=args.crop_mode, fp16=args.fp16 or None)
     model = _create_model(args)
-    created = not args.out.exists()
-    out = prepare_out_dir(args.out, force=args.force)
-    try:
+    with _run_folder(args.out, args.force) as out:
         result = evaluate_benchmark(
             model,
             bench,
@@ -285,10 +294,6 @@ def _run_benchmark_eval(args: argparse.Namespace) -> int:
             search_params=_search_options(args),
         )
         save_result(result, out)
-    except BaseException:
-        if created and not any(out.iterdir()):  # leave no empty folder behind a failed run
-            out.rmdir()
-        raise
     print(summary_table({f"{args.method}/{args.backbone}": result.metrics}).round(2).to_string())
     print(f"wrote {out / 'metrics.json'}")
     return 0
