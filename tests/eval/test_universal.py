@@ -106,3 +106,47 @@ def test_gldv2_retrieval_scores_the_ranking_as_the_kaggle_metric_per_split(tmp_p
         public
     )
     assert {T2, T4, T5}.isdisjoint(result.per_query.index)
+
+
+def test_ilias_benchmark_ranks_and_reports_like_the_official_code():
+    """The ILIAS path (database order, exact top-k of depth k + max |gt|, the report) on the official outputs: each
+    case's score matrix is reproduced exactly as inner products (query rows of scores, database = identity)."""
+    from irlib.data.ilias import IliasDataset, IliasIdFiles, IliasImage
+    from irlib.data.images import TarMember
+    from irlib.eval.universal import ilias_benchmark
+
+    if not (ORACLE / "ilias_map_cases.pkl").is_file():
+        pytest.skip(f"official ILIAS outputs not found in {ORACLE} (the team's ../shared reference data)")
+    cases = [c for c in load_data_pickle(ORACLE / "ilias_map_cases.pkl")["cases"] if "/text" not in str(c["query_ids"])]
+    assert len(cases) == 4  # the cases without text queries (irlib scores image queries)
+    for case in cases:
+        positive_ids = [p for ids in case["positives"].values() for p in ids]
+        distractors = [d for d in case["db_ids"] if d not in set(positive_ids)]
+        ds = IliasDataset(
+            root=Path("ilias_core"),
+            instances=tuple(case["positives"]),
+            image_queries=tuple(IliasImage(q, q.split("/")[0], np.zeros((0, 4))) for q in case["query_ids"]),
+            text_queries=(),
+            positives=tuple(IliasImage(p, p.split("/")[0], np.zeros((0, 4))) for p in positive_ids),
+            distractor_ids=tuple(distractors),
+            id_files=IliasIdFiles((), (), dict(case["positive_info"])),
+            distractors=tuple(TarMember(Path("unused.tar"), d, 0, 0) for d in distractors),  # never read here
+        )
+        column = {d: j for j, d in enumerate(case["db_ids"])}
+        scores = case["scores"][:, [column[d] for d in ds.database_ids()]].astype(np.float32)
+        bench = ilias_benchmark(ds, k=case["k"], taxonomy=case["taxonomy"])
+        result = score_descriptors(bench, scores, np.eye(len(column), dtype=np.float32))
+        expected, got, rows = case["expected"], result.metrics["metrics"], result.per_query
+        k = case["k"]
+        np.testing.assert_allclose(rows[f"AP@{k}"].to_numpy(), expected["aps"], atol=1e-9, err_msg=case["name"])
+        assert got[f"mAP@{k}"] == pytest.approx(expected["map"], abs=1e-4)
+        assert got["oracle"] == pytest.approx(expected["oracle"], abs=1e-4)
+        for group in ("scale", "clutter", "categories", "subcategories"):
+            assert got[group].keys() == expected[group].keys(), (case["name"], group)
+            for key, value in expected[group].items():
+                assert got[group][key] == pytest.approx(value, abs=1e-4), (case["name"], group, key)
+        for group in ("scale", "clutter"):
+            mine = rows[[c for c in rows.columns if c.startswith(f"{group} ")]].to_numpy()
+            want = expected[f"per_query_{group}_ap"]
+            np.testing.assert_array_equal(np.isnan(mine), np.isnan(want))
+            np.testing.assert_allclose(mine[~np.isnan(mine)], want[~np.isnan(want)], atol=1e-9)
