@@ -33,6 +33,9 @@ class GeMNet(RetrievalModel):
     :func:`irlib.models.backbones.final_norm`), ValueError for a backbone without one. ``learn_p`` needs ``"gem"``.
     The final patch tokens do not feed the class token, so with ``"cls"`` Grad-CAM's default layer is the last
     block's normalised input (:func:`irlib.viz.attention.default_layer`).
+
+    ``normalize_pooled`` L2-normalises the pooled vector before the whitening, as the UnED baselines do with the
+    class token before their 768 -> 64 projection (Universal-Image-Embeddings ``vit_with_embedding.py``).
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class GeMNet(RetrievalModel):
         learn_p: bool = False,
         whitening: int | None = None,
         pooling: str = "gem",
+        normalize_pooled: bool = False,
     ) -> None:
         super().__init__()
         if whitening is not None and whitening <= 0:
@@ -60,6 +64,7 @@ class GeMNet(RetrievalModel):
                 f"(use pooling='mean' or 'gem')."
             )
         self.pooling = pooling
+        self.normalize_pooled = normalize_pooled
         self.pool = GeM(p=p, learn_p=learn_p)
         self.whiten: nn.Module = nn.Linear(channels, whitening) if whitening is not None else nn.Identity()
         self.feat_dim: int = whitening if whitening is not None else channels
@@ -78,4 +83,5 @@ class GeMNet(RetrievalModel):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B,3,H,W) normalised images -> (B,D) L2-normalised descriptors, D = ``feat_dim``."""
-        return F.normalize(self.whiten(self.pooled(x)), dim=-1)
+        pooled = self.pooled(x)
+        return F.normalize(self.whiten(F.normalize(pooled, dim=-1) if self.normalize_pooled else pooled), dim=-1)

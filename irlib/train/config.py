@@ -326,7 +326,7 @@ _CFCD = TrainConfig(
 
 # UnED baselines (Ypsilantis et al., ICCV 2023), nikosips/Universal-Image-Embeddings.
 # Model (vit_with_embedding.py, clip_vit_with_embedding.py): ViT-B/16 class token (CLIP: after ln_post), L2, Dense
-# 768 -> 64 (config.model.output_dim), L2 = method "gem" with pooling "cls" and whitening 64, which omits the first L2.
+# 768 -> 64 (config.model.output_dim), L2 = method "gem" with pooling "cls", normalize_pooled and whitening 64.
 # Loss (loss_utils.py, configs): "normface" = cosine softmax with scale 16 and margin 0 = CosFace s=16, m=0, on a
 # bias-free classifier with normalised class columns.
 # Optimiser (configs, optimizer_utils.py, utils.py): scenic "adam" with weight_decay 1e-6 (AdamW, betas 0.9/0.999, on
@@ -341,7 +341,7 @@ _CFCD = TrainConfig(
 _UNED_VIT = TrainConfig(
     method="gem",
     backbone="vit_base_patch16_224.augreg_in21k_ft_in1k",
-    model_kwargs={"pooling": "cls", "whitening": 64},
+    model_kwargs={"pooling": "cls", "whitening": 64, "normalize_pooled": True},
     loss="cosface",
     loss_kwargs={"s": 16.0, "m": 0.0},
     dataset="uned",

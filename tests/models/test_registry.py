@@ -51,6 +51,7 @@ def test_gem_descriptors_are_unit_norm() -> None:
         "learn_p": False,
         "whitening": None,
         "pooling": "gem",
+        "normalize_pooled": False,
     }
     assert model.data_config["channel_order"] == "RGB"
     assert all(len(model.data_config[k]) == 3 for k in ("mean", "std"))

@@ -154,6 +154,10 @@ def test_cls_and_mean_pooling_match_a_direct_computation_from_forward_features()
         torch.testing.assert_close(mean(x), F.normalize(tokens[:, 2:].mean(dim=1), dim=-1))
         torch.testing.assert_close(gem(x), F.normalize(tokens[:, 2:].clamp(min=1e-6).pow(3).mean(1).pow(1 / 3), dim=-1))
         assert cls(x).shape == (2, 16) and not torch.allclose(mean(x), gem(x))
+        uned = create_model("gem", backbone=name, pooling="cls", whitening=16, normalize_pooled=True).eval()
+        uned.load_state_dict(cls.state_dict())  # the UnED baselines: class token, L2, projection, L2
+        torch.testing.assert_close(uned(x), F.normalize(uned.whiten(F.normalize(tokens[:, 0], dim=-1)), dim=-1))
+        assert uned.config["normalize_pooled"] and not torch.allclose(uned(x), cls(x))
 
 
 def test_cls_pooling_needs_a_class_token_and_pooling_is_checked() -> None:

@@ -159,7 +159,7 @@ def test_the_uned_recipes_are_the_official_baselines(name: str, tmp_path: Path) 
             "uned_vit_clip": "vit_base_patch16_clip_224.openai",
         }[name],
         "method": "gem",
-        "model_kwargs": {"pooling": "cls", "whitening": 64},
+        "model_kwargs": {"pooling": "cls", "whitening": 64, "normalize_pooled": True},
         "loss": "cosface",
         "loss_kwargs": {"s": 16.0, "m": 0.0},
         "dataset": "uned",
