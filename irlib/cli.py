@@ -394,7 +394,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="a parameter and its values (read as YAML); repeat for a grid (cartesian product)",
+        help="a parameter and its values (read as YAML); repeat for a grid (cartesian product); a dotted name sets "
+        "one key of a dict parameter (-p model_kwargs.pooling gem spca)",
     )
     p.add_argument("--out", type=Path, default=Path("runs"), help="folder of sweeps (default: runs)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")

@@ -52,6 +52,7 @@ from irlib.eval.search import search_params as fill_search_params
 from irlib.eval.shards import load_features, read_meta
 from irlib.eval.universal import Benchmark, evaluate_benchmark
 from irlib.io import atomic_path, sha256_file, write_json
+from irlib.models import method_label
 from irlib.models.base import RetrievalModel
 from irlib.provenance import library_versions, write_run
 
@@ -204,7 +205,7 @@ def evaluate_model(
     model_config = dict(model.config)
     metrics: dict[str, Any] = {
         "dataset": dataset.label,
-        "method": model_config.get("method", type(model).__name__),
+        "method": method_label(model_config) or type(model).__name__,
         "backbone": model_config.get("backbone"),
         "settings": {
             **cfg.settings(),

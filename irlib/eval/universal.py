@@ -40,6 +40,7 @@ from irlib.eval.search import ShortlistSearch, exact_top_k
 from irlib.eval.search import search_params as fill_search_params
 from irlib.eval.shards import load_features, paths_fingerprint, read_meta
 from irlib.io import sha256_file, write_json
+from irlib.models import method_label
 from irlib.models.base import RetrievalModel
 from irlib.provenance import library_versions
 from irlib.registry import Registry
@@ -133,7 +134,7 @@ def evaluate_benchmark(
         "seconds": seconds | settings["seconds"],
     }
     result.metrics |= {
-        "method": model_config.get("method", type(model).__name__),
+        "method": method_label(model_config) or type(model).__name__,
         "backbone": model_config.get("backbone"),
     }
     return result

@@ -4,7 +4,7 @@ Each method lives in its own module ``irlib/models/<method>.py`` and registers i
 when imported; ``create_model`` and ``list_models`` import all of them.
 """
 
-from irlib.models._registry import create_model, list_models, register_model
+from irlib.models._registry import create_model, list_models, method_label, register_model
 from irlib.models.backbones import create_backbone
 from irlib.models.base import RetrievalModel
 from irlib.models.checkpoints import load_checkpoint, register_converter, save_checkpoint
@@ -19,6 +19,7 @@ __all__ = [
     "create_model",
     "gem",
     "list_models",
+    "method_label",
     "load_checkpoint",
     "register_converter",
     "register_model",

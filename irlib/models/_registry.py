@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from irlib.registry import Registry
@@ -40,6 +40,18 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
         return MODELS.register(name, builder)
 
     return decorator
+
+
+LABELS: Registry[Callable[[Mapping[str, Any]], str]] = Registry("method label", populate=import_method_modules)
+"""Method name -> ``fn(config) -> label``, for a method whose runs need more than its name to be told apart in
+tables (``compose``: its parts)."""
+
+
+def method_label(config: Mapping[str, Any]) -> str:
+    """The name a run of a model with this ``config`` is recorded and tabled under: the method's name, or its
+    :data:`LABELS` function's label (``"compose[spca+batchformer/w512]"``)."""
+    method = str(config.get("method") or "")
+    return LABELS[method](config) if method in LABELS else method
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -84,5 +84,9 @@ class WrappedModel(RetrievalModel):
     def output_dims(self) -> dict[str, int]:
         return self.model.output_dims()
 
+    def no_weight_decay(self) -> set[str]:
+        """The wrapped model's names excluded from weight decay (e.g. SpCa's mixture priors), under ``model.``."""
+        return {f"model.{name}" for name in getattr(self.model, "no_weight_decay", set)()}
+
     def loss_terms(self) -> list[LossTerm]:
         return self.model.loss_terms()

@@ -9,7 +9,9 @@ failed point is run again. ``<out>/<sweep>/sweep.json`` lists the notebook, the 
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
+import hashlib
 import itertools
 import json
 import os
@@ -71,13 +73,41 @@ def grid(parameters: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*parameters.values())]
 
 
+def notebook_values(point: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A grid point as the notebook's parameters: a dotted name (``model_kwargs.pooling``) sets one key inside the
+    dict parameter it starts with, whose other keys come from the point (an undotted value of it) or else from the
+    notebook's ``defaults``; so a grid can vary the parts of one dict independently. ValueError when the parameter
+    is not a dict."""
+    values = {k: v for k, v in point.items() if "." not in k}
+    for name, value in point.items():
+        if "." not in name:
+            continue
+        top, *inner, last = name.split(".")
+        target = values.setdefault(top, copy.deepcopy(defaults.get(top)))
+        for key in inner:
+            target = target.setdefault(key, {}) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            raise ValueError(f"-p {name}: {top} is not a dict parameter (its value: {values[top]!r})")
+        target[last] = value
+    return values
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _shortened(text: str, limit: int) -> str:
+    """``text`` itself, or, when longer than ``limit``, its start and a hash of all of it."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 9]}@{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def point_name(point: Mapping[str, Any]) -> str:
-    """A deterministic, filesystem-safe folder name: ``backbone=resnet50,lr=0.01`` (other characters -> ``_``)."""
-    return ",".join(re.sub(r"[^\w.+=@-]", "_", f"{k}={_text(v)}") for k, v in point.items()) or "default"
+    """A deterministic, filesystem-safe folder name: ``backbone=resnet50,lr=0.01`` (other characters -> ``_``); a
+    value longer than 24 characters (a list of loss terms) and a name longer than 200 keep their start and a hash."""
+    parts = [re.sub(r"[^\w.+=@-]", "_", f"{k}={_shortened(_text(v), 24)}") for k, v in point.items()]
+    return _shortened(",".join(parts), 200) or "default"
 
 
 def _short(err: BaseException) -> str:
@@ -101,8 +131,9 @@ def run_sweep(
 
     The notebook gets the point's parameters and ``out_dir`` (the absolute point folder); it runs in ``cwd``
     (default: the notebook's folder). A parameter the notebook's ``parameters`` cell does not define raises before
-    anything runs (papermill would inject it silently and the notebook use its default). A failing point is
-    recorded and the sweep goes on.
+    anything runs (papermill would inject it silently and the notebook use its default). A dotted name sets one key
+    of a dict parameter (:func:`notebook_values`), e.g. ``model_kwargs.pooling`` x ``model_kwargs.batch_attention``
+    for an ablation of composed models. A failing point is recorded and the sweep goes on.
     """
     import papermill
 
@@ -110,13 +141,14 @@ def run_sweep(
     if not notebook.is_file():
         raise FileNotFoundError(f"no notebook {notebook}")
     known = notebook_parameters(notebook)
-    unknown = sorted(set(parameters) - set(known))
+    unknown = sorted({name.split(".")[0] for name in parameters} - set(known))
     if unknown:
         close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
         hints = ", ".join(f"{u!r} (did you mean {c[0]!r}?)" if c else repr(u) for u, c in close.items())
         raise ValueError(f"{notebook.name} has no parameter {hints}; its parameters: {', '.join(known)}")
     points = grid(parameters)
     names = [point_name(p) for p in points]
+    values = [notebook_values(p, known) for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"parameter values give clashing folder names: {names}")
     root = Path(out) / (sweep or notebook.stem)
@@ -125,11 +157,11 @@ def run_sweep(
         {
             "notebook": str(notebook),
             "parameters": {k: list(v) for k, v in parameters.items()},
-            "points": [{"name": n, "parameters": p} for n, p in zip(names, points, strict=True)],
+            "points": [{"name": n, "parameters": p} for n, p in zip(names, values, strict=True)],
         },
     )
     results = []
-    for name, point in zip(names, points, strict=True):
+    for name, point in zip(names, values, strict=True):
         folder = root / name
         record = folder / POINT_FILE
         if record.is_file() and json.loads(record.read_text()).get("status") == "done":

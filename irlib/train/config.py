@@ -458,6 +458,23 @@ RECIPES: dict[str, TrainConfig] = {
     "batch_transformer": _SPCA.replace(
         method="batch_transformer", backbone="resnet50", model_kwargs={"base": "gem", "whitening": 2048}
     ),
+    # The research method (irlib.models.compose): SpCa's spatial-context pooling, the Batch Transformer in training,
+    # and a ranking-equivalent objective. Which equivalence: a softmax on L2-normalised features and class weights
+    # with an additive margin delta on the true class (CosFace) equals a smoothed triplet loss whose anchors are the
+    # images and whose one proxy per class ranks the true class's proxy above every other by delta (Qian et al.,
+    # "SoftTriple Loss", ICCV 2019, §3.1); so the margin head is a proxy-level ranking loss. The image-level ranking
+    # it does not see is optimised directly by ROADMAP's smooth-rank AP with calibration (Ramzi et al., NeurIPS
+    # 2021), which needs several images per class in a batch: class-balanced batches of 32 classes x 4 images.
+    # Chosen (no paper gives this combination): the "spca" recipe's backbone, resolution, optimiser and schedule,
+    # CosFace s=32 with SpCa's margin 0.15, both terms weight 1, 2048-d whitening.
+    "compose_rank": _SPCA.replace(
+        method="compose",
+        model_kwargs={"pooling": "spca", "batch_attention": "batch_transformer", "whitening": 2048},
+        losses=[{"name": "cosface", "kwargs": {"s": 32.0, "m": 0.15}}, {"name": "roadmap", "weight": 1.0}],
+        sampler="class_balanced",
+        classes_per_batch=32,
+        samples_per_class=4,
+    ),
     # info_utils.py ViT_configs["B/16"]: B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-
     # steps_20k-lr_0.01-res_224.npz (download_models.sh), ImageNet-21k AugReg fine-tuned on ImageNet-1k, which is
     # timm's vit_base_patch16_224.augreg_in21k_ft_in1k (same file); mean = std = 0.5.

@@ -9,7 +9,7 @@ import papermill
 import pytest
 
 from irlib.cli import main
-from irlib.results.sweep import grid, point_name, run_sweep
+from irlib.results.sweep import grid, notebook_values, point_name, run_sweep
 
 
 def test_grid_and_point_names():
@@ -100,3 +100,41 @@ def test_an_unknown_parameter_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match=r"no parameter 'imagesize' \(did you mean 'image_size'\?\)"):
         run_sweep(notebook, "typo", {"imagesize": [64]}, out=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
+
+
+def test_dotted_names_vary_the_keys_of_a_dict_parameter_independently():
+    defaults = {"model_kwargs": {"pooling": "gem", "whitening": 32}, "lr": 0.1}
+    points = grid({"model_kwargs.pooling": ["gem", "spca"], "model_kwargs.batch_attention": ["none", "batchformer"]})
+    values = [notebook_values(p, defaults) for p in points]
+    assert values[1] == {"model_kwargs": {"pooling": "gem", "whitening": 32, "batch_attention": "batchformer"}}
+    assert [v["model_kwargs"]["pooling"] for v in values] == ["gem", "gem", "spca", "spca"]
+    assert defaults["model_kwargs"] == {"pooling": "gem", "whitening": 32}  # the defaults are not changed
+    given = notebook_values({"model_kwargs": {"bn": True}, "model_kwargs.pooling_kwargs.K": 4}, defaults)
+    assert given == {"model_kwargs": {"bn": True, "pooling_kwargs": {"K": 4}}}  # a given dict replaces the default
+    with pytest.raises(ValueError, match=r"-p lr.x: lr is not a dict parameter"):
+        notebook_values({"lr.x": 1}, defaults)
+
+
+def test_a_dotted_grid_reaches_the_notebook_as_one_dict(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    params = nbformat.v4.new_code_cell("parts = {'a': 1}\nout_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    write = "import json, os\njson.dump(parts, open(os.path.join(out_dir, 'parts.json'), 'w'))"
+    nb.cells = [params, nbformat.v4.new_code_cell(write)]
+    nbformat.write(nb, tmp_path / "parts.ipynb")
+    results = run_sweep(tmp_path / "parts.ipynb", None, {"parts.b": [2, 3]}, out=tmp_path / "runs", log=print)
+    assert [r.name for r in results] == ["parts.b=2", "parts.b=3"]
+    written = [json.loads((tmp_path / "runs" / "parts" / r.name / "parts.json").read_text()) for r in results]
+    assert written == [{"a": 1, "b": 2}, {"a": 1, "b": 3}]
+    with pytest.raises(ValueError, match="no parameter 'part'"):
+        run_sweep(tmp_path / "parts.ipynb", None, {"part.b": [2]}, out=tmp_path / "runs")
+
+
+def test_long_values_and_names_keep_their_start_and_a_hash():
+    losses = [{"name": "cosface", "kwargs": {"s": 30.0}}, {"name": "roadmap"}]
+    name = point_name({"losses": losses, "lr": 0.1})
+    assert name.startswith("losses=___name____cosf@") and name.endswith(",lr=0.1") and len(name) < 50
+    assert point_name({"losses": losses[:1]}) != point_name({"losses": losses})  # the hash tells them apart
+    long = point_name({f"p{i}": "x" * 20 for i in range(20)})
+    assert len(long) == 200 and long != point_name({f"p{i}": "x" * 20 for i in range(21)})

@@ -16,6 +16,7 @@ KWARGS = {  # small heads so that a step takes a moment on a CPU
     "batch_transformer": {"base": "gem", "whitening": 32},
     "batchformer": {"base": "gem", "whitening": 32},
     "cfcd": {"dim": 32},
+    "compose": {"pooling": "alpha", "batch_attention": "batch_transformer", "whitening": 32},
     "cvnet": {"dim": 32},
     "delg": {"dim": 32, "local_branch": True},
     "dolg": {"reduction_dim": 32},
