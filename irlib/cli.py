@@ -71,11 +71,32 @@ def _add_distractor_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
 
 
+def _yaml_mapping(text: str) -> dict[str, Any]:
+    """A command-line YAML mapping (``'{a: 1}'``); anything else is an argparse error naming what was given."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"not YAML: {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{pooling: spca}}', got {text!r}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="gem", help="model method (see irlib.models.list_models())")
     p.add_argument("--backbone", default="resnet50", help="timm backbone name")
     p.add_argument("--pretrained", action="store_true", help="start from the backbone's pretrained weights")
     p.add_argument("--weights", type=Path, help="local state dict of the model or its backbone")
+    p.add_argument(
+        "--model-kwargs",
+        type=_yaml_mapping,
+        default={},
+        metavar="YAML",
+        help="the method's arguments as YAML, e.g. '{pooling: spca, batch_attention: batchformer, whitening: 512}' "
+        "for --method compose (a training run's model_kwargs)",
+    )
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -112,7 +133,9 @@ def _extract_config(args: argparse.Namespace, **chosen: Any) -> ExtractConfig:
 def _create_model(args: argparse.Namespace) -> nn.Module:
     from irlib.models import create_model
 
-    return create_model(args.method, backbone=args.backbone, pretrained=args.pretrained, weights=args.weights)
+    return create_model(
+        args.method, backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, **args.model_kwargs
+    )
 
 
 def _distractors(args: argparse.Namespace, list_file: str = "revisitop1m.txt") -> Distractors:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from irlib.cli import main
 from irlib.io import sha256_file
@@ -93,6 +94,27 @@ def test_eval_with_local_weights_records_their_checksum(tiny_revisited, tmp_path
     assert _eval(["--dataset-dir", str(tiny_revisited), "--weights", str(path), "--out", str(out)]) == 0
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["weights_sha256"] == sha256_file(path) and settings["model"]["weights"] == str(path)
+
+
+def test_eval_of_a_composed_model_takes_its_arguments_as_yaml(tiny_revisited, tmp_path, capsys):
+    from irlib.eval.extract import model_fingerprint
+    from irlib.models import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    parts = {"pooling": "gem_learned", "batch_attention": "batchformer", "whitening": 16}
+    save_checkpoint(create_model("compose", backbone="efficientnet_lite0", **parts), tmp_path / "model.pth")
+    out = tmp_path / "run"
+    kwargs = "{pooling: gem_learned, batch_attention: batchformer, whitening: 16}"
+    args = ["--method", "compose", "--model-kwargs", kwargs, "--weights", str(tmp_path / "model.pth")]
+    assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(out), *args]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "compose[gem_learned+batchformer/w16]"
+    assert metrics["settings"]["model"]["batch_attention"] == "batchformer"
+    saved = create_model("compose", backbone="efficientnet_lite0", weights=tmp_path / "model.pth", **parts)
+    assert metrics["settings"]["state_dict_sha256"] == model_fingerprint(saved)  # the saved weights were evaluated
+    with pytest.raises(SystemExit):
+        _eval(["--dataset-dir", str(tiny_revisited), "--out", str(tmp_path / "o"), "--model-kwargs", "[1, 2]"])
+    assert "expected a YAML mapping such as '{pooling: spca}', got '[1, 2]'" in capsys.readouterr().err
 
 
 def test_preset_sets_the_official_pipeline_and_flags_override_it(tiny_revisited, tmp_path):

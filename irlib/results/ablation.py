@@ -15,11 +15,12 @@ import pandas as pd
 from irlib.models.compose import BATCH_ATTENTIONS, POOLINGS
 from irlib.results.runs import load_runs
 from irlib.results.sweep import POINT_FILE
+from irlib.train.config import RECIPES
 
 OBJECTIVES: dict[str, list[dict[str, Any]]] = {
     "arcface": [{"name": "arcface", "kwargs": {"s": 30.0, "m": 0.15, "fallback": "none"}}],
     "roadmap": [{"name": "roadmap"}],
-    "compose_rank": [{"name": "cosface", "kwargs": {"s": 32.0, "m": 0.15}}, {"name": "roadmap"}],
+    "compose_rank": list(RECIPES["compose_rank"].losses or []),
 }
 """Named objectives of the ablation (composite loss terms, :class:`irlib.losses.LossTerm` specs); ``compose_rank``
 is the objective of ``recipe("compose_rank")``, whose comment explains the classification-ranking equivalence."""
@@ -66,9 +67,10 @@ def objective_name(losses: Sequence[Mapping[str, Any]]) -> str:
 
 
 def ablation_results(sweep_dir: str | os.PathLike) -> pd.DataFrame:
-    """One row per finished cell of an ablation sweep folder: ``pooling``, ``batch_attention``, ``objective``,
-    ``label`` (``"<method label> · <objective>"``), the evaluation run's ``id``, ``dataset`` and its metrics
-    (``medium.map``, ``hard.map``, ...), from each point's ``point.json`` and ``eval_after`` record."""
+    """One row per finished cell of an ablation sweep folder, from its ``point.json`` and ``eval_after`` record:
+    ``cell_dir`` (the training run, with ``model.pth``), ``model_kwargs`` (they rebuild the model with
+    ``create_model("compose", ...)``), ``pooling``, ``batch_attention``, ``objective``, ``label`` (``"<method label> ·
+    <objective>"``), and the evaluation run's ``id``, ``dataset`` and metrics (``medium.map``, ``hard.map``, ...)."""
     rows = []
     for point_file in sorted(Path(sweep_dir).glob(f"*/{POINT_FILE}")):
         point = json.loads(point_file.read_text())
@@ -78,6 +80,8 @@ def ablation_results(sweep_dir: str | os.PathLike) -> pd.DataFrame:
         kwargs, objective = params.get("model_kwargs", {}), objective_name(params.get("losses") or [])
         for _, run in load_runs(point_file.parent / "eval_after", kind="eval").iterrows():
             cell = {
+                "cell_dir": str(point_file.parent),
+                "model_kwargs": kwargs,
                 "pooling": kwargs.get("pooling", "gem"),
                 "batch_attention": kwargs.get("batch_attention", "none"),
                 "objective": objective,

@@ -3,6 +3,8 @@ evaluation record, as notebook 02 writes them) become rows, a table and re-run c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,6 +56,8 @@ def test_finished_cells_become_rows_a_table_and_re_run_cells(tmp_path, tiny_revi
     results = ablation_results(sweep)
     assert sorted(results["label"]) == ["compose[alpha/w16] · arcface", "compose[gem/w16] · arcface"]
     assert set(results["pooling"]) == {"gem", "alpha"} and set(results["batch_attention"]) == {"none"}
+    assert {Path(d).name for d in results["cell_dir"]} == {p.parent.name for p in sweep.glob("*/eval_after")}
+    assert results["model_kwargs"].tolist()[0]["batch_attention"] == "none"
     table = ablation_table(results)
     assert table.loc[("alpha", "none"), ("medium.map", "arcface")] == round(
         float(results.set_index("pooling").loc["alpha", "medium.map"]), 2

@@ -80,6 +80,7 @@ def test_every_recipe_builds_its_model_and_objective():
         "ultron",
         "batchformer",
         "batch_transformer",
+        "compose_rank",
     }
     for name, cfg in RECIPES.items():
         small = {"ultron": {"embed_dim": 32, "depth": 1, "heads": 4}}.get(name, {})
@@ -87,6 +88,17 @@ def test_every_recipe_builds_its_model_and_objective():
         model = create_model(cfg.method, backbone=backbone, **(cfg.model_kwargs | small))
         objective = build_objective(cfg, model, num_classes=5, label_domains=np.array([0, 0, 0, 1, 1]))
         assert [t.name for t in cfg.loss_terms()] == [k.split("@")[0] for k in objective.terms][: len(cfg.loss_terms())]
+
+
+def test_the_compose_rank_recipe_is_the_method_with_a_ranking_equivalent_objective():
+    cfg = RECIPES["compose_rank"]
+    assert (cfg.method, cfg.model_kwargs["pooling"], cfg.model_kwargs["batch_attention"]) == (
+        "compose",
+        "spca",
+        "batch_transformer",
+    )
+    assert [(t.name, t.weight) for t in cfg.loss_terms()] == [("cosface", 1.0), ("roadmap", 1.0)]
+    assert cfg.sampler == "class_balanced" and cfg.classes_per_batch * cfg.samples_per_class == cfg.global_batch
 
 
 def test_the_delg_recipe_trains_the_local_branch_with_the_papers_weights():
