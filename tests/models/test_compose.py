@@ -92,13 +92,12 @@ def test_each_pooling_is_its_methods_module_same_descriptor_with_the_same_weight
         (  # SuperGlobal's training pass: one scale, Regional-GeM, GeM+, L2, FC, L2 (no ReLU+)
             create_model("superglobal", backbone=CNN, dim=DIM, relup=False, relup_s1_always=False, scales=(1.0,)),
             {"pooling": "gem_plus", "normalize_pooled": True},
-            {"pool.": "unused."},
+            None,
         ),
     ]
     for method, parts, rename in cases:
         composed = create_model("compose", backbone=CNN, whitening=DIM, **parts).eval()
-        if parts["pooling"] == "gem_plus":  # CVNet's GeM p is frozen and unused under GeM+; GeM+ has no parameter
-            rename = {}
+        if rename is None:  # CVNet's GeM p is frozen and unused under GeM+; GeM+ has no parameter
             state = {k: v for k, v in method.state_dict().items() if not k.startswith("pool.")}
             composed.load_state_dict(state, strict=True)
         else:
