@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_shards.py
 	$(BIN)/python benchmarks/bench_1m.py
 	$(BIN)/python benchmarks/bench_universal.py
+	$(BIN)/python benchmarks/bench_learned_rerank.py
 
 ## make strip: remove outputs from notebooks before committing (cell tags are kept).
 strip: $(STAMP)

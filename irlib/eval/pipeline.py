@@ -28,10 +28,13 @@ import pandas as pd
 
 from irlib.data.revisited import RevisitedDataset
 from irlib.eval.extract import ExtractConfig, extract_revisited, model_fingerprint
+from irlib.eval.local_features import DatasetLocals
 from irlib.eval.metrics import top_k_ids
 from irlib.eval.records import eval_record
 from irlib.eval.rerank import (
+    LOCAL_RERANKERS,
     QUERY_EXPANSIONS,
+    LocalDescriptors,
     alpha_dba,
     expand_queries,
     rerank_ids,
@@ -93,6 +96,7 @@ def search_database(
     search_params: Mapping[str, Any] | None = None,
     rerank: str | None = None,
     rerank_params: Mapping[str, Any] | None = None,
+    local_descriptors: LocalDescriptors | None = None,
 ) -> Ranking:
     """Rank ``database (N, D)`` for ``queries (n_q, D)`` by inner product with ``search``, then rerank.
 
@@ -100,23 +104,26 @@ def search_database(
     ``shortlist`` from a faiss index, re-scored exactly; ``search_params`` as
     :func:`irlib.eval.search.search_params`). For ``"ivfpq"`` the exact top-100 is computed too and recall@100
     recorded. ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS`; it reorders the search's shortlist
-    (query expansion searches again the same way), reading only the shortlisted database rows.
+    (query expansion searches again the same way), reading only the shortlisted database rows; a reranker of
+    :data:`irlib.eval.rerank.LOCAL_RERANKERS` also reads ``local_descriptors``, which the record describes.
     """
     params = fill_search_params(search, search_params)
     rerank_record = {"method": rerank, "params": reranker_params(rerank, rerank_params)} if rerank else None
+    if rerank in LOCAL_RERANKERS and local_descriptors is not None:
+        rerank_record["local_descriptors"] = local_descriptors.record()
     record: dict[str, Any] = {"method": search, "params": params}
     if search == "exact":
         stacked = isinstance(database, StackedDatabase)
         scores = database_scores(queries, database) if stacked else similarity(queries, database)
         if rerank:
-            scores = rerank_scores(rerank, scores, queries, database, rerank_record["params"])
+            scores = rerank_scores(rerank, scores, queries, database, rerank_record["params"], local_descriptors)
         return Ranking(scores, None, record, rerank_record, scores.shape[1])
     searcher = ShortlistSearch(database, search, params)
     _, ids, index_ids = searcher(queries)
     if search == "ivfpq":
         record["recall@100"] = _recall_at_100(queries, database, ids, index_ids)
     if rerank:
-        ids = _rerank_shortlist(rerank, rerank_record["params"], queries, database, ids, searcher)
+        ids = _rerank_shortlist(rerank, rerank_record["params"], queries, database, ids, searcher, local_descriptors)
     return Ranking(None, ids, record, rerank_record, len(database))
 
 
@@ -138,6 +145,7 @@ def _rerank_shortlist(
     database: np.ndarray | StackedDatabase,
     ids: np.ndarray,
     searcher: ShortlistSearch,
+    local_descriptors: LocalDescriptors | None,
 ) -> np.ndarray:
     """Reranked ``ids (n_q, L)``: shortlist rerankers reorder the first ``min(M, L)`` and keep the rest; query
     expansion expands from the first ``k`` and searches again with ``searcher``."""
@@ -146,7 +154,8 @@ def _rerank_shortlist(
         if not top.shape[1]:  # nothing to expand with: the order is unchanged
             return ids
         return searcher(expand_queries(method, queries, database, top, params))[1]
-    return np.concatenate([rerank_ids(method, queries, database, top, params), ids[:, top.shape[1] :]], axis=1)
+    head = rerank_ids(method, queries, database, top, params, local_descriptors)
+    return np.concatenate([head, ids[:, top.shape[1] :]], axis=1)
 
 
 def evaluate_model(
@@ -164,6 +173,7 @@ def evaluate_model(
     dba: Mapping[str, Any] | None = None,
     distractor_features: str | os.PathLike | None = None,
     distractor_name: str = "r1m",
+    local_descriptors: LocalDescriptors | None = None,
 ) -> EvalResult:
     """Extract descriptors with ``model``, rank the database by inner product and compute E/M/H metrics.
 
@@ -174,10 +184,12 @@ def evaluate_model(
     ``search`` / ``search_params``: :data:`irlib.eval.search.SEARCHES` (see :func:`search_database` and the module
     docstring on truncated rankings). ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS` with
     ``rerank_params`` (defaults filled in and recorded); it reranks the search's shortlist, which comes from the
-    descriptors only. ``dba``: ``{"k": ..., "alpha": ...}`` replaces the database descriptors by their αDBA
-    augmentation before search (``O(N² D)``). The settings record the weights file's checksum (``weights_sha256``,
-    None without a file) and ``state_dict_sha256``, :func:`irlib.eval.extract.model_fingerprint` of the model
-    evaluated (built-in pretrained weights included).
+    descriptors only; ``rerank="learned"`` (``rerank_params={"reranker": PATH, ...}``) also reads the images' local
+    descriptors, extracted with the model and the reranker (:class:`irlib.eval.local_features.DatasetLocals`, cached
+    in ``cache_dir``) unless ``local_descriptors`` gives them. ``dba``: ``{"k": ..., "alpha": ...}`` replaces the
+    database descriptors by their αDBA augmentation before search (``O(N² D)``). The settings record the weights
+    file's checksum (``weights_sha256``, None without a file) and ``state_dict_sha256``,
+    :func:`irlib.eval.extract.model_fingerprint` of the model evaluated (built-in pretrained weights included).
 
     A universal benchmark (:class:`irlib.eval.universal.Benchmark`: UnED, ILIAS, GLDv2 retrieval) is evaluated by
     :func:`irlib.eval.universal.evaluate_benchmark` with ``cfg``, ``cache_dir``, ``search`` and ``search_params``;
@@ -192,6 +204,9 @@ def evaluate_model(
         return evaluate_benchmark(
             model, dataset, cfg, cache_dir=cache_dir, search=search, search_params=search_params, progress=progress
         )
+    if rerank in LOCAL_RERANKERS and local_descriptors is None:
+        reranker = reranker_params(rerank, rerank_params)["reranker"]
+        local_descriptors = DatasetLocals(model, dataset, reranker, cfg, cache_dir=cache_dir, progress=progress)
     t0 = time.perf_counter()
     fingerprint = model_fingerprint(model)
     distractors, meta = (
@@ -229,7 +244,7 @@ def evaluate_model(
         },
     }
     result = EvalResult(metrics, pd.DataFrame(), q, x, None)
-    return _score(result, dataset, search, search_params, rerank, rerank_params, dba)
+    return _score(result, dataset, search, search_params, rerank, rerank_params, dba, local_descriptors)
 
 
 def rescore(
@@ -241,14 +256,16 @@ def rescore(
     rerank: str | None = None,
     rerank_params: Mapping[str, Any] | None = None,
     dba: Mapping[str, Any] | None = None,
+    local_descriptors: LocalDescriptors | None = None,
 ) -> EvalResult:
     """The descriptors of ``result`` evaluated again with another search (``None``: ``result``'s search and its
     parameters) and reranking (or none): no extraction, and the same recorded settings apart from ``search``,
-    ``rerank``, ``dba`` and the timing."""
+    ``rerank``, ``dba`` and the timing. ``local_descriptors``: what a reranker of
+    :data:`irlib.eval.rerank.LOCAL_RERANKERS` reads (:class:`irlib.eval.local_features.DatasetLocals`)."""
     if search is None:
         recorded = result.metrics["settings"]["search"]
         search, search_params = recorded["method"], recorded["params"]
-    return _score(result, dataset, search, search_params, rerank, rerank_params, dba)
+    return _score(result, dataset, search, search_params, rerank, rerank_params, dba, local_descriptors)
 
 
 def _score(
@@ -259,6 +276,7 @@ def _score(
     rerank: str | None,
     rerank_params: Mapping[str, Any] | None,
     dba: Mapping[str, Any] | None,
+    local_descriptors: LocalDescriptors | None = None,
 ) -> EvalResult:
     """Search (after αDBA), rerank and evaluate ``result``'s descriptors; a new result with updated metrics."""
     t0 = time.perf_counter()
@@ -267,7 +285,13 @@ def _score(
         raise ValueError("αDBA costs O(N² D): it is not run over distractor features; evaluate without dba")
     searched = alpha_dba(x, **dba) if dba else x
     ranking = search_database(
-        q, searched, search=search, search_params=search_params, rerank=rerank, rerank_params=rerank_params
+        q,
+        searched,
+        search=search,
+        search_params=search_params,
+        rerank=rerank,
+        rerank_params=rerank_params,
+        local_descriptors=local_descriptors,
     )
     kappas = result.metrics["settings"]["kappas"]
     res = ranking.evaluate(dataset.gnd, kappas)

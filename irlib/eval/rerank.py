@@ -11,6 +11,9 @@ to ``irlib.eval.revisited.evaluate(gnd, ranks=...)``.
 * :func:`diffusion_rerank`: diffusion (Iscen et al., CVPR 2017) on a mutual kNN graph of the top-M shortlist.
 * :func:`superglobal_rerank`: SuperGlobal's MDescAug + RerankwMDA (Shao et al., ICCV 2023), reproducing the official
   code (``ShihaoShao-GH/SuperGlobal``, ``modules/reranking/``) step by step in float32 torch.
+* :func:`learned_rerank`: a trained AMES reranker (Suma et al., ECCV 2024; :mod:`irlib.models.ames`) on the binary
+  local descriptors of the queries and the shortlist (:data:`LOCAL_RERANKERS` read local descriptors, which the
+  pipeline passes as a :class:`LocalDescriptors` provider).
 
 Shortlist rerankers reorder the first ``M' = min(M, len(ranks))`` rows of the initial ranking and keep the tail.
 Ties are broken by the lower index (database id, shortlist position) unless said otherwise.
@@ -19,18 +22,22 @@ Ties are broken by the lower index (database id, shortlist position) unless said
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import cg
+from tqdm.auto import tqdm
 
 from irlib.eval.metrics import top_k_ids
 from irlib.eval.search import StackedDatabase, database_scores
+from irlib.io import sha256_file
+from irlib.models.ames import BinaryLocals, load_reranker, rerank_score
 from irlib.registry import Registry
 
 # largest float32 temporaries (elements) built at once by the chunked loops below
@@ -475,6 +482,92 @@ def superglobal_rerank(
     return Reranked(_rerank_head(r, order), scores, {"initial_ranks": r, **out})
 
 
+# --- learned (AMES) -------------------------------------------------------------------------------------------------
+
+# query-database pairs scored per forward pass of the matching transformer
+_PAIRS_PER_BATCH = 500
+
+
+def learned_weights(reranker: str | os.PathLike, lam: float | None, gamma: float | None) -> tuple[float, float]:
+    """``(λ, γ)`` of :func:`learned_rerank`: the values given, or those stored in the reranker file (chosen on
+    held-out training landmarks by :mod:`irlib.train.reranker`) where None."""
+    if lam is None or gamma is None:
+        meta = load_reranker(reranker)[1]
+        lam = meta.get("lam") if lam is None else lam
+        gamma = meta.get("gamma") if gamma is None else gamma
+        if lam is None or gamma is None:
+            raise ValueError(f"{os.fspath(reranker)} stores no lam/gamma: pass them (rerank_params lam=..., gamma=...)")
+    return _real("lam", lam, 0.0, 1.0), _real("gamma", gamma, low=0.0)
+
+
+def learned_rerank(
+    Q: np.ndarray,
+    X: np.ndarray,
+    *,
+    reranker: str,
+    M: int = 100,
+    lam: float | None = None,
+    gamma: float | None = None,
+    ranks: np.ndarray | None = None,
+    query_locals: BinaryLocals | None = None,
+    database_locals: BinaryLocals | None = None,
+) -> Reranked:
+    """AMES reranking (Suma et al., ECCV 2024): each query's top-``M`` reordered by
+    ``λ·(q·x) + (1 − λ)·sigmoid(γ·logit(q, x))``, the logit of the trained reranker in file ``reranker`` from the
+    binary local descriptors of the query and of the database image; the tail is kept.
+
+    ``query_locals`` / ``database_locals``: :class:`irlib.models.ames.BinaryLocals` aligned with the rows of ``Q`` and
+    ``X``, made by the same reranker file (checked by its SHA-256). ``lam`` / ``gamma`` None: the file's values
+    (:func:`learned_weights`). Each image's first self-attention is computed once, then the pairs in batches.
+
+    Returns:
+        :class:`Reranked` with ``scores`` = the combined scores in rank order ``(n_q, M')`` and ``details``: ``logits``
+        and ``global`` (the descriptor similarity), both ``(n_q, M')`` by shortlist position, ``lam`` and ``gamma``.
+    """
+    q, x = _pair(Q, X)
+    M = _int_at_least("M", M)
+    lam, gamma = learned_weights(reranker, lam, gamma)
+    r = _ranks(ranks, q, x)
+    m = min(M, r.shape[0])
+    sha = sha256_file(reranker)
+    for name, locals_, n in (("query_locals", query_locals, len(q)), ("database_locals", database_locals, len(x))):
+        if locals_ is None or len(locals_) != n:
+            raise ValueError(f"learned reranking needs {name}: BinaryLocals of the {n} rows (got {locals_!r:.80})")
+        if locals_.source != sha:
+            raise ValueError(f"{name} were made by another reranker than {os.fspath(reranker)} (SHA-256 differs)")
+    model = load_reranker(reranker)[0]
+    shortlist = np.ascontiguousarray(r[:m].T)  # (n_q, M') database ids
+    rows, position = np.unique(shortlist, return_inverse=True)
+    logits = np.empty(shortlist.shape, dtype=np.float32)
+    with torch.inference_mode():
+        queries = model.encode(*query_locals.tensors())
+        database = model.encode(*database_locals.take(rows).tensors())
+        position = torch.from_numpy(position.reshape(shortlist.shape))
+        for i in tqdm(range(len(q)), desc="learned rerank", unit="query", leave=False, disable=None):
+            for s in range(0, m, _PAIRS_PER_BATCH):
+                ids = position[i, s : s + _PAIRS_PER_BATCH]
+                pairs = model.match(queries.repeat(i, len(ids)), database.take(ids))
+                logits[i, s : s + len(ids)] = pairs.numpy()
+    similarity = np.einsum("nd,nmd->nm", q, x[shortlist])
+    combined = rerank_score(torch.from_numpy(similarity), torch.from_numpy(logits), lam, gamma).numpy()
+    order = np.argsort(-combined, axis=1, kind="stable")
+    details = {"logits": logits, "global": similarity, "lam": np.float32(lam), "gamma": np.float32(gamma)}
+    return Reranked(_rerank_head(r, order), _by_rank(combined, order), details)
+
+
+class LocalDescriptors(Protocol):
+    """What a local reranker reads besides descriptors (e.g. :class:`irlib.eval.local_features.DatasetLocals`)."""
+
+    def queries(self) -> BinaryLocals:
+        """The local descriptors of every query, in query order."""
+
+    def database(self, ids: np.ndarray) -> BinaryLocals:
+        """The local descriptors of database images ``ids``."""
+
+    def record(self) -> dict[str, Any]:
+        """What a run records of them (JSON-ready)."""
+
+
 # --- one entry point for the evaluation pipeline -----------------------------------------------------------------
 
 RERANKERS: Registry[Callable[..., Reranked]] = Registry("reranker")
@@ -486,10 +579,15 @@ for _name, _fn in (
     ("diffusion", diffusion_rerank),
     ("alpha_qe", alpha_qe),
     ("average_qe", average_qe),
+    ("learned", learned_rerank),
 ):
     RERANKERS.register(_name, _fn)
 QUERY_EXPANSIONS: frozenset[str] = frozenset({"alpha_qe", "average_qe"})
 """The rerankers that expand the queries and search again instead of reordering a shortlist."""
+LOCAL_RERANKERS: frozenset[str] = frozenset({"learned"})
+"""The shortlist rerankers that read local descriptors (a :class:`LocalDescriptors` provider) besides ``Q`` and
+``X``."""
+_PROVIDED = ("ranks", "return_details", "query_locals", "database_locals")  # given by the caller, not parameters
 
 
 def reranker_params(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -498,8 +596,8 @@ def reranker_params(method: str, params: Mapping[str, Any] | None = None) -> dic
     accepted = {
         n: p.default for n, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY or n in ("k", "alpha")
     }
-    accepted.pop("ranks", None)
-    accepted.pop("return_details", None)
+    for name in _PROVIDED:
+        accepted.pop(name, None)
     unknown = sorted(set(params or {}) - set(accepted))
     if unknown:
         raise ValueError(f"{method} takes {', '.join(sorted(accepted))}; unknown parameter(s) {', '.join(unknown)}")
@@ -507,6 +605,8 @@ def reranker_params(method: str, params: Mapping[str, Any] | None = None) -> dic
     missing = [n for n, v in merged.items() if v is inspect.Parameter.empty]
     if missing:
         raise ValueError(f"{method} needs parameter(s) {', '.join(missing)}")
+    if method == "learned":  # record the weights used, which default to the reranker file's
+        merged["lam"], merged["gamma"] = learned_weights(merged["reranker"], merged["lam"], merged["gamma"])
     return merged
 
 
@@ -525,12 +625,26 @@ def _shortlist_rows(
 
 
 def rerank_ids(
-    method: str, Q: np.ndarray, X: np.ndarray | StackedDatabase, top: np.ndarray, params: Mapping[str, Any]
+    method: str,
+    Q: np.ndarray,
+    X: np.ndarray | StackedDatabase,
+    top: np.ndarray,
+    params: Mapping[str, Any],
+    local_descriptors: LocalDescriptors | None = None,
 ) -> np.ndarray:
     """Each query's shortlist ``top (n_q, m)`` of database ids (best first) reordered by the shortlist reranker
-    ``method`` (completed ``params``), reading only those rows of ``X``; returns ``(n_q, m)`` ids."""
+    ``method`` (completed ``params``), reading only those rows of ``X`` (and of ``local_descriptors`` for
+    :data:`LOCAL_RERANKERS`); returns ``(n_q, m)`` ids."""
     q, rows, sub, ranks = _shortlist_rows(Q, X, top)
-    result = RERANKERS[method](q, sub, ranks=ranks, **params)
+    extra = {}
+    if method in LOCAL_RERANKERS:
+        if local_descriptors is None:
+            raise ValueError(
+                f"{method} reranking reads local descriptors: pass local_descriptors (e.g. "
+                f"irlib.eval.local_features.DatasetLocals(model, dataset, reranker, cfg))"
+            )
+        extra = {"query_locals": local_descriptors.queries(), "database_locals": local_descriptors.database(rows)}
+    result = RERANKERS[method](q, sub, ranks=ranks, **params, **extra)
     return rows[result.ranks[: top.shape[1]].T]
 
 
@@ -549,6 +663,7 @@ def rerank_scores(
     Q: np.ndarray,
     X: np.ndarray | StackedDatabase,
     params: Mapping[str, Any] | None = None,
+    local_descriptors: LocalDescriptors | None = None,
 ) -> np.ndarray:
     """Rerank a full score matrix and return scores ``(n_q, N)`` whose order (descending, ties by lower id) is the
     reranked ranking, for ``evaluate(gnd, scores=...)``.
@@ -557,7 +672,7 @@ def rerank_scores(
     shortlisted rows of ``X`` are read, so a memory-mapped +1M database (or a :class:`StackedDatabase` of the test
     database and the distractors) stays on disk. Shortlist rerankers put their
     reordered shortlist above every other item, whose initial order is kept; query expansion searches ``X`` again
-    with the expanded queries.
+    with the expanded queries. :data:`LOCAL_RERANKERS` also read ``local_descriptors``.
     """
     params = reranker_params(method, params)
     scores = np.asarray(scores, dtype=np.float32)
@@ -568,7 +683,7 @@ def rerank_scores(
         if not top.shape[1]:  # nothing to expand with: the query is only re-normalised, the order is unchanged
             return scores
         return database_scores(expand_queries(method, Q, X, top, params), X)
-    head = rerank_ids(method, Q, X, top, params)
+    head = rerank_ids(method, Q, X, top, params, local_descriptors)
     out = scores.copy()
     # The head takes the next M' float32 values above each query's (positive) maximum, one ulp apart, so the
     # evaluator's score histogram keeps its resolution for the rest of the ranking.

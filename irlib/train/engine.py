@@ -576,14 +576,8 @@ class Trainer:
     def _truncate_log(self) -> None:
         """Drop the log records of steps after the checkpoint (a killed run logged them, the resumed run logs them
         again), so ``metrics.jsonl`` holds each step once."""
-        path = self.out / "metrics.jsonl"
-        if self.process_rank != 0 or not path.is_file():
-            return
-        kept = [
-            line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step
-        ]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
+        if self.process_rank == 0:
+            truncate_log(self.out / "metrics.jsonl", self.step)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.process_rank != 0:
@@ -608,6 +602,15 @@ class Trainer:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         self._stop = bool(flag.item())
         return self._stop
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the records of steps up to ``step`` in the JSON-lines log ``path`` (if any), atomically."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def _numpy_rng_state() -> dict[str, Any]:
