@@ -25,7 +25,10 @@ from irlib.io import atomic_path
 __all__ = [
     "comparison_cells",
     "comparison_table",
+    "export_frame",
     "export_table",
+    "frame_to_latex",
+    "frame_to_markdown",
     "provenance_notes",
     "published_label",
     "run_label",
@@ -267,10 +270,46 @@ def to_markdown(cells: pd.DataFrame, decimals: int = 1) -> str:
     table = comparison_table(cells, decimals)
     header = ["method", *(" ".join(c) for c in table.columns)]
     body = [[label, *row] for label, row in zip(table.index, table.to_numpy(), strict=True)]
+    return _markdown(header, body, provenance_notes(cells))
+
+
+def _markdown(header: Sequence[Any], body: Sequence[Sequence[Any]], notes: Sequence[str]) -> str:
     lines = ["| " + " | ".join(_markdown_escape(x) for x in row) + " |" for row in [header, *body]]
     lines.insert(1, "|" + "---|" * len(header))
-    notes = [f"- {_markdown_escape(n)}" for n in provenance_notes(cells)]
-    return "\n".join([*lines, "", *notes]) + "\n"
+    return "\n".join([*lines, "", *(f"- {_markdown_escape(n)}" for n in notes)]) + "\n"
+
+
+def _cell_text(value: Any, decimals: int) -> str:
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.{decimals}f}"
+    return str(value)
+
+
+def _frame_rows(frame: pd.DataFrame, decimals: int) -> tuple[list[str], list[list[str]]]:
+    """Header (index name first) and body of any table, floats with ``decimals`` digits and NaN empty."""
+    header = [str(frame.index.name or ""), *map(str, frame.columns)]
+    body = [
+        [str(i), *(_cell_text(v, decimals) for v in row)] for i, row in zip(frame.index, frame.to_numpy(), strict=True)
+    ]
+    return header, body
+
+
+def frame_to_markdown(frame: pd.DataFrame, notes: Sequence[str] = (), decimals: int = 2) -> str:
+    """Any table (its index as the first column) as Markdown, followed by ``notes`` as a list."""
+    return _markdown(*_frame_rows(frame, decimals), notes)
+
+
+def frame_to_latex(frame: pd.DataFrame, notes: Sequence[str] = (), decimals: int = 2) -> str:
+    """Any table (its index as the first column) as a booktabs ``tabular``, followed by ``notes`` (footnotesize)."""
+    header, body = _frame_rows(frame, decimals)
+    lines = [rf"\begin{{tabular}}{{l{'l' * (len(header) - 1)}}}", r"\toprule"]
+    lines.append(" & ".join(_latex_escape(x) for x in header) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(_latex_escape(x) for x in row) + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if notes:
+        lines += [r"\begin{flushleft}\footnotesize", *(_latex_escape(n) + r"\par" for n in notes), r"\end{flushleft}"]
+    return "\n".join(lines) + "\n"
 
 
 _LATEX = {
@@ -335,8 +374,21 @@ def to_latex(cells: pd.DataFrame, decimals: int = 1) -> str:
 def export_table(cells: pd.DataFrame, out_dir: str | os.PathLike, name: str, decimals: int = 1) -> list[Path]:
     """Write ``<out_dir>/<name>.tex`` (:func:`to_latex`) and ``.md`` (:func:`to_markdown`) atomically; returns
     both paths."""
+    return _write_pair(out_dir, name, to_latex(cells, decimals), to_markdown(cells, decimals))
+
+
+def export_frame(
+    frame: pd.DataFrame, out_dir: str | os.PathLike, name: str, notes: Sequence[str] = (), decimals: int = 2
+) -> list[Path]:
+    """Write any table as ``<out_dir>/<name>.tex`` (:func:`frame_to_latex`) and ``.md`` (:func:`frame_to_markdown`)
+    atomically; returns both paths."""
+    latex, markdown = frame_to_latex(frame, notes, decimals), frame_to_markdown(frame, notes, decimals)
+    return _write_pair(out_dir, name, latex, markdown)
+
+
+def _write_pair(out_dir: str | os.PathLike, name: str, latex: str, markdown: str) -> list[Path]:
     paths = [Path(out_dir) / f"{name}.tex", Path(out_dir) / f"{name}.md"]
-    for path, text in zip(paths, (to_latex(cells, decimals), to_markdown(cells, decimals)), strict=True):
+    for path, text in zip(paths, (latex, markdown), strict=True):
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     return paths
