@@ -53,6 +53,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     _atomic_write(path, "w", lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
 
 
+def write_yaml(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as YAML (keys in their order), atomically."""
+    import yaml
+
+    _atomic_write(path, "w", lambda f: f.write(yaml.safe_dump(obj, sort_keys=False)))
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save one array in ``.npy`` format, atomically."""
     _atomic_write(path, "wb", lambda f: np.save(f, array, allow_pickle=False))

@@ -27,49 +27,14 @@ PROTOCOLS = ("easy", "medium", "hard")
 DISTRACTORS = ("none", "r1m")
 CONFIDENCE = ("verified", "recalled", "derived")
 KINDS = ("original", "re-run", "copied", "unstated", "recalled", "derived", "not_found")
-SETTING_FIELDS = (
-    "backbone",
-    "train_set",
-    "image_size",
-    "scales",
-    "query_crop",
-    "whitening",
-    "reranking",
-    "distractors",
-)
+_CELL = ("dataset", "protocol", "distractors", "map", "source", "confidence", "note")
+LEGACY_COLUMNS = ("method", "backbone", "train_set", *_CELL)
+"""The columns of the first format (still loaded, :func:`published_results`)."""
+_STATED = ("image_size", "scales", "query_crop", "whitening", "reranking")
+COLUMNS = ("method", "method_paper", "reported_in", "kind", "backbone", "train_set", *_STATED, *_CELL)
+SETTING_FIELDS = ("backbone", "train_set", *_STATED, "distractors")
 """What a row states of how its number was obtained; two rows of one method differing here are different settings."""
-LEGACY_COLUMNS = (
-    "method",
-    "backbone",
-    "train_set",
-    "dataset",
-    "protocol",
-    "distractors",
-    "map",
-    "source",
-    "confidence",
-    "note",
-)
-COLUMNS = (
-    "method",
-    "method_paper",
-    "reported_in",
-    "kind",
-    "backbone",
-    "train_set",
-    "image_size",
-    "scales",
-    "query_crop",
-    "whitening",
-    "reranking",
-    "dataset",
-    "protocol",
-    "distractors",
-    "map",
-    "source",
-    "confidence",
-    "note",
-)
+
 _CATEGORIES = (("protocol", PROTOCOLS), ("distractors", DISTRACTORS), ("confidence", CONFIDENCE), ("kind", KINDS))
 PAPER_COLUMNS = ("key", "kind", "title", "venue", "year", "url")
 PAPER_KINDS = ("paper", "readme", "issue", "run")

@@ -13,6 +13,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from irlib.data.samplers import DOMAIN_SAMPLING
+from irlib.io import write_yaml
 from irlib.losses.composite import LossTerm
 
 
@@ -163,10 +164,7 @@ class TrainConfig:
 
     def to_yaml(self, path: str | os.PathLike) -> None:
         """Write the config as YAML (atomically)."""
-        from irlib.io import atomic_path
-
-        with atomic_path(path) as tmp:
-            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_yaml(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

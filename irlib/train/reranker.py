@@ -57,7 +57,7 @@ from irlib.eval.local_features import Positions, cached_positions, select_codes
 from irlib.eval.rerank import learned_rerank
 from irlib.eval.rerank_comparison import compare_rerankers
 from irlib.eval.revisited import compute_map
-from irlib.io import atomic_path, sha256_file, write_json
+from irlib.io import atomic_path, sha256_file, write_json, write_yaml
 from irlib.losses.pairs import ContrastiveLoss
 from irlib.models import create_model
 from irlib.models.ames import AMES, AMESConfig, attention_pooled, load_reranker, padding_mask, save_reranker
@@ -66,6 +66,7 @@ from irlib.models.base import RetrievalModel
 from irlib.train.engine import CHECKPOINT, check_run_folder, lr_at, param_groups, params_without_gradient, truncate_log
 
 RERANKER = "reranker.pt"
+_AMES_DEFAULTS = {f.name: f.default for f in dataclasses.fields(AMESConfig)}
 LAMBDAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 GAMMAS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 """The (λ, γ) grid searched on the held-out landmarks (AMES's published values lie in it: λ 0.35-0.85, γ 0.1-0.8)."""
@@ -113,15 +114,15 @@ class RerankerTrainConfig:
     exclude: list[int] | None = None
     image_size: int = 384
     scales: list[float] = field(default_factory=lambda: [1 / SQRT2, 1.0, SQRT2])
-    bits: int = 128
-    model_dim: int = 32
-    heads: int = 2
-    layers: int = 2
-    ffn: int = 64
-    detector_hidden: int = 32
-    n_query: int = 64
-    n_db: int = 32
-    tau: float = 0.1
+    bits: int = _AMES_DEFAULTS["bits"]
+    model_dim: int = _AMES_DEFAULTS["model_dim"]
+    heads: int = _AMES_DEFAULTS["heads"]
+    layers: int = _AMES_DEFAULTS["layers"]
+    ffn: int = _AMES_DEFAULTS["ffn"]
+    detector_hidden: int = _AMES_DEFAULTS["detector_hidden"]
+    n_query: int = _AMES_DEFAULTS["n_query"]
+    n_db: int = _AMES_DEFAULTS["n_db"]
+    tau: float = _AMES_DEFAULTS["tau"]
     holdout_classes: int = 4
     classes_per_batch: int = 4
     samples_per_class: int = 3
@@ -186,8 +187,7 @@ class RerankerTrainConfig:
 
     def to_yaml(self, path: str | os.PathLike) -> None:
         """Write the config as YAML (atomically)."""
-        with atomic_path(path) as tmp:
-            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_yaml(path, self.to_dict())
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> RerankerTrainConfig:
