@@ -197,7 +197,8 @@ def _verdict(row: pd.Series, table: pd.DataFrame) -> dict[str, Any]:
         key=lambda r: (len(_setting_diff(row, r)), abs(row["map"] - r["map"])),
     )
     verdict = "different setting" if _setting_diff(row, ref) else "re-run" if kind == "re-run" else "differs"
-    return _compared(row, ref, verdict, "stated copied, but differs" if kind == "copied" else "")
+    flag = "stated copied, but differs" if kind == "copied" and verdict != "different setting" else ""
+    return _compared(row, ref, verdict, flag)
 
 
 def _compared(row: pd.Series, ref: pd.Series, verdict: str, flag: str) -> dict[str, Any]:

@@ -45,8 +45,9 @@ def published_results(path: str | os.PathLike | None = None, *, include_not_foun
 
     Columns: :data:`COLUMNS` plus ``decimals`` (the digits after the point as printed, which bounds what "equal"
     means in the audit). ``map`` is percent (float, NaN for ``not_found`` rows, which are left out unless
-    ``include_not_found``); ``protocol``, ``distractors``, ``confidence`` and ``kind`` are pandas categoricals; the
-    other columns strings (empty when unknown). A file with the ten columns of :data:`LEGACY_COLUMNS` is migrated
+    ``include_not_found``; their dataset, protocol, distractors and confidence may be empty: a table not read);
+    ``protocol``, ``distractors``, ``confidence`` and ``kind`` are pandas categoricals; the other columns strings
+    (empty when unknown). A file with the ten columns of :data:`LEGACY_COLUMNS` is migrated
     (module docstring). Bad values raise ``ValueError`` naming the file, the line and the field.
     """
     name = "published_results.csv" if path is None else os.fspath(path)
@@ -76,14 +77,15 @@ def _validate(table: pd.DataFrame, name: str) -> pd.DataFrame:
         value = table[field].iloc[first]
         raise ValueError(f"{name} line {first + 2}: field {field} is {value!r}, expected {expected}")
 
+    not_found = table["kind"] == "not_found"
     for column, allowed in _CATEGORIES:
-        bad = ~table[column].isin(allowed)
+        bad = ~table[column].isin(allowed) & ~(not_found & (table[column] == "") & (column != "kind"))
         if bad.any():
             fail(bad, column, f"one of {list(allowed)}")
     for column in ("method", "source", "dataset"):
-        if (table[column] == "").any():
-            fail(table[column] == "", column, "a non-empty value")
-    not_found = table["kind"] == "not_found"
+        empty = (table[column] == "") & ~(not_found & (column == "dataset"))
+        if empty.any():
+            fail(empty, column, "a non-empty value")
     if (not_found & (table["map"] != "")).any():
         fail(not_found & (table["map"] != ""), "map", "empty for a not_found row")
     values = pd.to_numeric(table["map"].where(~not_found), errors="coerce")
@@ -92,7 +94,7 @@ def _validate(table: pd.DataFrame, name: str) -> pd.DataFrame:
     decimals = [len(v.partition(".")[2]) for v in table["map"]]
     table = table.assign(map=values.astype(float), decimals=decimals)
     for column, allowed in _CATEGORIES:
-        table[column] = pd.Categorical(table[column], categories=allowed)
+        table[column] = pd.Categorical(table[column].replace("", None), categories=allowed)
     return table
 
 

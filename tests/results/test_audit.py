@@ -165,3 +165,15 @@ def test_runs_join_the_audit_as_one_more_source_and_agree_with_the_table(tmp_pat
     table_values = cells.set_index("protocol")["map"]
     assert table_values["medium"] == pytest.approx(audited["map"].iloc[0], abs=0.005)
     assert table_values["hard"] == pytest.approx(audited["map"].iloc[1], abs=0.005)
+
+
+def test_the_shipped_numbers_show_who_copied_whom():
+    audited = audit(published_results(include_not_found=True))
+    edges = copy_graph(audited).set_index(["source", "target"])["numbers"]
+    assert edges[("token-aaai2022", "dolg-iccv2021")] >= 40  # Token's table repeats DOLG's DELG/HOW/AP-GeM rows
+    assert ("dolg-iccv2021", "repo:filipradenovic/cnnimageretrieval-pytorch") in edges.index
+    share = copied_share(audited)
+    assert share.loc["issue:feymanpriv/DOLG-paddle#3", "copied"] == 0  # an independent retest copies nothing
+    retest = audited[audited["reported_in"] == "issue:feymanpriv/DOLG-paddle#3"]
+    assert set(retest["verdict"].astype(str)) == {"re-run"} and retest["delta"].abs().max() > 10
+    assert (audited["verdict"] == "not found").sum() == (audited["kind"] == "not_found").sum() > 0
