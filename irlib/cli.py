@@ -17,7 +17,7 @@ from torch import nn
 
 from irlib.data.revisited import CROP_MODES, Distractors
 from irlib.eval.extract import PRESETS, ExtractConfig, preset
-from irlib.eval.rerank import RERANKERS
+from irlib.eval.rerank import BATCH_DEPENDENT_RERANKERS, RERANKERS
 from irlib.eval.search import SEARCHES
 from irlib.eval.universal import BENCHMARKS, Benchmark, load_benchmark
 
@@ -180,7 +180,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="+1M from a folder written by `irlib extract` (same model and settings) instead of --distractors",
     )
-    p.add_argument("--rerank", choices=RERANKERS, help="rerank the ranking (shortlist from descriptors only)")
+    p.add_argument(
+        "--rerank",
+        choices=RERANKERS,
+        help="rerank the ranking (shortlist from descriptors only); batch-dependent (a pair's score depends on the "
+        f"rest of the shortlist): {', '.join(sorted(BATCH_DEPENDENT_RERANKERS))}",
+    )
     p.add_argument(
         "--rerank-param", nargs="*", default=[], metavar="NAME=VALUE", help="reranker parameters, e.g. M=400 K=9"
     )

@@ -246,6 +246,17 @@ def test_eval_with_reranking_and_distractor_features(tiny_revisited, tmp_path, c
     assert "alpha_qe needs parameter(s) k, alpha" in capsys.readouterr().err
 
 
+def test_eval_shortlist_attention_needs_a_batchformer_and_is_recorded_batch_dependent(tiny_revisited, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--dataset-dir", str(tiny_revisited), "--out", str(out), "--rerank", "shortlist_attention"]
+    assert _eval([*args, "--rerank-param", "M=4"]) == 2  # gem has no batch attention
+    assert "model 'gem' has none: it has no batch attention" in capsys.readouterr().err and not out.exists()
+    assert _eval([*args, "--rerank-param", "M=4", "--method", "batchformer"]) == 0
+    rerank = json.loads((out / "metrics.json").read_text())["settings"]["rerank"]
+    assert rerank["params"] == {"M": 4, "lam": 0.0} and rerank["batch_dependent"] is True
+    assert rerank["batch_attention"] == {"model": "batchformer", "module": "BatchFormer"}
+
+
 def test_eval_dba_takes_an_integer_k_and_a_float_alpha(tiny_revisited, tmp_path, capsys):
     out = tmp_path / "run"
     assert _eval(["--dataset-dir", str(tiny_revisited), "--out", str(out), "--dba", "2", "3"]) == 0

@@ -32,13 +32,18 @@ from irlib.eval.local_features import DatasetLocals
 from irlib.eval.metrics import top_k_ids
 from irlib.eval.records import eval_record
 from irlib.eval.rerank import (
+    ATTENTION_RERANKERS,
+    BATCH_DEPENDENT_RERANKERS,
     LOCAL_RERANKERS,
     QUERY_EXPANSIONS,
     LocalDescriptors,
+    RerankInputs,
     alpha_dba,
+    batch_attention,
     expand_queries,
     rerank_ids,
     rerank_scores,
+    reranker_inputs,
     reranker_params,
     shortlist_depth,
 )
@@ -97,6 +102,7 @@ def search_database(
     rerank: str | None = None,
     rerank_params: Mapping[str, Any] | None = None,
     local_descriptors: LocalDescriptors | None = None,
+    rerank_inputs: RerankInputs | None = None,
 ) -> Ranking:
     """Rank ``database (N, D)`` for ``queries (n_q, D)`` by inner product with ``search``, then rerank.
 
@@ -104,26 +110,32 @@ def search_database(
     ``shortlist`` from a faiss index, re-scored exactly; ``search_params`` as
     :func:`irlib.eval.search.search_params`). For ``"ivfpq"`` the exact top-100 is computed too and recall@100
     recorded. ``rerank``: a reranker of :data:`irlib.eval.rerank.RERANKERS`; it reorders the search's shortlist
-    (query expansion searches again the same way), reading only the shortlisted database rows; a reranker of
-    :data:`irlib.eval.rerank.LOCAL_RERANKERS` also reads ``local_descriptors``, which the record describes.
+    (query expansion searches again the same way), reading only the shortlisted database rows. What a reranker reads
+    besides descriptors comes as ``rerank_inputs`` (:func:`irlib.eval.rerank.reranker_inputs`), which the record
+    describes: ``local_descriptors`` for :data:`irlib.eval.rerank.LOCAL_RERANKERS`,
+    ``irlib.eval.rerank.batch_attention(model)`` for :data:`irlib.eval.rerank.ATTENTION_RERANKERS`. The record of a
+    reranker of :data:`irlib.eval.rerank.BATCH_DEPENDENT_RERANKERS` says ``"batch_dependent": True``.
     """
     params = fill_search_params(search, search_params)
     rerank_record = {"method": rerank, "params": reranker_params(rerank, rerank_params)} if rerank else None
-    if rerank in LOCAL_RERANKERS and local_descriptors is not None:
-        rerank_record["local_descriptors"] = local_descriptors.record()
+    inputs = reranker_inputs(rerank, rerank_inputs, local_descriptors) if rerank else None
+    if rerank in BATCH_DEPENDENT_RERANKERS:
+        rerank_record["batch_dependent"] = True
+    if inputs is not None:
+        rerank_record |= inputs.record()
     record: dict[str, Any] = {"method": search, "params": params}
     if search == "exact":
         stacked = isinstance(database, StackedDatabase)
         scores = database_scores(queries, database) if stacked else similarity(queries, database)
         if rerank:
-            scores = rerank_scores(rerank, scores, queries, database, rerank_record["params"], local_descriptors)
+            scores = rerank_scores(rerank, scores, queries, database, rerank_record["params"], inputs=inputs)
         return Ranking(scores, None, record, rerank_record, scores.shape[1])
     searcher = ShortlistSearch(database, search, params)
     _, ids, index_ids = searcher(queries)
     if search == "ivfpq":
         record["recall@100"] = _recall_at_100(queries, database, ids, index_ids)
     if rerank:
-        ids = _rerank_shortlist(rerank, rerank_record["params"], queries, database, ids, searcher, local_descriptors)
+        ids = _rerank_shortlist(rerank, rerank_record["params"], queries, database, ids, searcher, inputs)
     return Ranking(None, ids, record, rerank_record, len(database))
 
 
@@ -145,7 +157,7 @@ def _rerank_shortlist(
     database: np.ndarray | StackedDatabase,
     ids: np.ndarray,
     searcher: ShortlistSearch,
-    local_descriptors: LocalDescriptors | None,
+    inputs: RerankInputs | None,
 ) -> np.ndarray:
     """Reranked ``ids (n_q, L)``: shortlist rerankers reorder the first ``min(M, L)`` and keep the rest; query
     expansion expands from the first ``k`` and searches again with ``searcher``."""
@@ -154,7 +166,7 @@ def _rerank_shortlist(
         if not top.shape[1]:  # nothing to expand with: the order is unchanged
             return ids
         return searcher(expand_queries(method, queries, database, top, params))[1]
-    head = rerank_ids(method, queries, database, top, params, local_descriptors)
+    head = rerank_ids(method, queries, database, top, params, inputs=inputs)
     return np.concatenate([head, ids[:, top.shape[1] :]], axis=1)
 
 
@@ -174,6 +186,7 @@ def evaluate_model(
     distractor_features: str | os.PathLike | None = None,
     distractor_name: str = "r1m",
     local_descriptors: LocalDescriptors | None = None,
+    rerank_inputs: RerankInputs | None = None,
 ) -> EvalResult:
     """Extract descriptors with ``model``, rank the database by inner product and compute E/M/H metrics.
 
@@ -186,10 +199,13 @@ def evaluate_model(
     ``rerank_params`` (defaults filled in and recorded); it reranks the search's shortlist, which comes from the
     descriptors only; ``rerank="learned"`` (``rerank_params={"reranker": PATH, ...}``) also reads the images' local
     descriptors, extracted with the model and the reranker (:class:`irlib.eval.local_features.DatasetLocals`, cached
-    in ``cache_dir``) unless ``local_descriptors`` gives them. ``dba``: ``{"k": ..., "alpha": ...}`` replaces the
-    database descriptors by their αDBA augmentation before search (``O(N² D)``). The settings record the weights
-    file's checksum (``weights_sha256``, None without a file) and ``state_dict_sha256``,
-    :func:`irlib.eval.extract.model_fingerprint` of the model evaluated (built-in pretrained weights included).
+    in ``cache_dir``) unless ``local_descriptors`` gives them; ``rerank="shortlist_attention"`` (batch-dependent:
+    a pair's score depends on the rest of the shortlist) runs the model's own trained batch attention over each
+    query's shortlist (:func:`irlib.eval.rerank.batch_attention`; a model without one raises ValueError) unless
+    ``rerank_inputs`` gives another. ``dba``: ``{"k": ..., "alpha": ...}`` replaces the database descriptors by their
+    αDBA augmentation before search (``O(N² D)``). The settings record the weights file's checksum
+    (``weights_sha256``, None without a file) and ``state_dict_sha256``, :func:`irlib.eval.extract.model_fingerprint`
+    of the model evaluated (built-in pretrained weights included).
 
     A universal benchmark (:class:`irlib.eval.universal.Benchmark`: UnED, ILIAS, GLDv2 retrieval) is evaluated by
     :func:`irlib.eval.universal.evaluate_benchmark` with ``cfg``, ``cache_dir``, ``search`` and ``search_params``;
@@ -204,9 +220,12 @@ def evaluate_model(
         return evaluate_benchmark(
             model, dataset, cfg, cache_dir=cache_dir, search=search, search_params=search_params, progress=progress
         )
-    if rerank in LOCAL_RERANKERS and local_descriptors is None:
+    if rerank in LOCAL_RERANKERS and local_descriptors is None and rerank_inputs is None:
         reranker = reranker_params(rerank, rerank_params)["reranker"]
         local_descriptors = DatasetLocals(model, dataset, reranker, cfg, cache_dir=cache_dir, progress=progress)
+    if rerank in ATTENTION_RERANKERS and local_descriptors is None and rerank_inputs is None:
+        rerank_inputs = batch_attention(model)
+    inputs = reranker_inputs(rerank, rerank_inputs, local_descriptors) if rerank else None
     t0 = time.perf_counter()
     fingerprint = model_fingerprint(model)
     distractors, meta = (
@@ -244,7 +263,7 @@ def evaluate_model(
         },
     }
     result = EvalResult(metrics, pd.DataFrame(), q, x, None)
-    return _score(result, dataset, search, search_params, rerank, rerank_params, dba, local_descriptors)
+    return _score(result, dataset, search, search_params, rerank, rerank_params, dba, inputs)
 
 
 def rescore(
@@ -257,15 +276,19 @@ def rescore(
     rerank_params: Mapping[str, Any] | None = None,
     dba: Mapping[str, Any] | None = None,
     local_descriptors: LocalDescriptors | None = None,
+    rerank_inputs: RerankInputs | None = None,
 ) -> EvalResult:
     """The descriptors of ``result`` evaluated again with another search (``None``: ``result``'s search and its
     parameters) and reranking (or none): no extraction, and the same recorded settings apart from ``search``,
     ``rerank``, ``dba`` and the timing. ``local_descriptors``: what a reranker of
-    :data:`irlib.eval.rerank.LOCAL_RERANKERS` reads (:class:`irlib.eval.local_features.DatasetLocals`)."""
+    :data:`irlib.eval.rerank.LOCAL_RERANKERS` reads (:class:`irlib.eval.local_features.DatasetLocals`);
+    ``rerank_inputs``: what another reranker reads, e.g. ``irlib.eval.rerank.batch_attention(model)`` for
+    ``rerank="shortlist_attention"`` (batch-dependent; the model that extracted ``result``)."""
     if search is None:
         recorded = result.metrics["settings"]["search"]
         search, search_params = recorded["method"], recorded["params"]
-    return _score(result, dataset, search, search_params, rerank, rerank_params, dba, local_descriptors)
+    inputs = reranker_inputs(rerank, rerank_inputs, local_descriptors) if rerank else None
+    return _score(result, dataset, search, search_params, rerank, rerank_params, dba, inputs)
 
 
 def _score(
@@ -276,7 +299,7 @@ def _score(
     rerank: str | None,
     rerank_params: Mapping[str, Any] | None,
     dba: Mapping[str, Any] | None,
-    local_descriptors: LocalDescriptors | None = None,
+    inputs: RerankInputs | None = None,
 ) -> EvalResult:
     """Search (after αDBA), rerank and evaluate ``result``'s descriptors; a new result with updated metrics."""
     t0 = time.perf_counter()
@@ -291,7 +314,7 @@ def _score(
         search_params=search_params,
         rerank=rerank,
         rerank_params=rerank_params,
-        local_descriptors=local_descriptors,
+        rerank_inputs=inputs,
     )
     kappas = result.metrics["settings"]["kappas"]
     res = ranking.evaluate(dataset.gnd, kappas)

@@ -14,6 +14,12 @@ to ``irlib.eval.revisited.evaluate(gnd, ranks=...)``.
 * :func:`learned_rerank`: a trained AMES reranker (Suma et al., ECCV 2024; :mod:`irlib.models.ames`) on the binary
   local descriptors of the queries and the shortlist (:data:`LOCAL_RERANKERS` read local descriptors, which the
   pipeline passes as a :class:`LocalDescriptors` provider).
+* :func:`shortlist_attention_rerank`: **batch-dependent**, a model's trained BatchFormer encoder (Hou et al., CVPR
+  2022) run at test time over each query and its shortlist (:data:`BATCH_DEPENDENT_RERANKERS`: a pair's score
+  depends on the rest of the shortlist; the descriptors never do).
+
+What a reranker reads besides ``Q``, ``X`` and its JSON parameters (local descriptors, a model's batch attention)
+comes as :class:`RerankInputs` from the pipeline (:func:`reranker_inputs`).
 
 Shortlist rerankers reorder the first ``M' = min(M, len(ranks))`` rows of the initial ranking and keep the tail.
 Ties are broken by the lower index (database id, shortlist position) unless said otherwise.
@@ -26,7 +32,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,7 +43,10 @@ from tqdm.auto import tqdm
 from irlib.eval.metrics import top_k_ids
 from irlib.eval.search import StackedDatabase, database_scores
 from irlib.io import sha256_file
+from irlib.models import method_label
 from irlib.models.ames import BinaryLocals, load_reranker, rerank_score
+from irlib.models.batch_transformer import BatchTransformer
+from irlib.models.batchformer import BatchFormer
 from irlib.registry import Registry
 
 # largest float32 temporaries (elements) built at once by the chunked loops below
@@ -568,11 +577,194 @@ class LocalDescriptors(Protocol):
         """What a run records of them (JSON-ready)."""
 
 
+# --- test-time batch attention over the shortlist (batch-dependent) ---------------------------------------------
+
+DescriptorAttention = Callable[[torch.Tensor], torch.Tensor]
+"""``attend(sets)``: ``(S, L, D)`` float32 descriptors -> ``(S, L, D)``, a descriptor-level batch attention run over
+each of the ``S`` sets separately (:meth:`BatchAttention.attend`, L2-normalised rows)."""
+
+
+def shortlist_attention_rerank(
+    Q: np.ndarray,
+    X: np.ndarray,
+    *,
+    attend: DescriptorAttention,
+    M: int = 100,
+    lam: float = 0.0,
+    ranks: np.ndarray | None = None,
+) -> Reranked:
+    """BATCH-DEPENDENT test-time batch attention over each query's shortlist (Hou et al., BatchFormer, CVPR 2022).
+
+    Per query, the set ``[q; x_T1; ...; x_TM']`` ``(M'+1, D)`` of the query and its top-``M`` shortlist
+    ``T = ranks[:M']`` goes through ``attend`` (the model's trained encoder, :func:`batch_attention`), giving the
+    attended ``q̂`` and ``x̂_j``; the shortlist is sorted by ``λ·(q·x_j) + (1 − λ)·(q̂·x̂_j)`` (``lam=0``, the
+    default: the attended scores alone; ``lam=1``: the initial order). Ties keep the initial order; the tail is
+    kept. Queries go through ``attend`` in chunks of ``(a, M'+1, D)`` sets.
+
+    Batch-dependent (:data:`BATCH_DEPENDENT_RERANKERS`, ``"batch_dependent": true`` in a run's rerank record): the
+    score of a (query, database image) pair depends on the other images of the shortlist, so it changes with ``M``,
+    the database (e.g. distractors) and the initial ranking. The descriptors themselves never depend on the batch.
+
+    Returns:
+        :class:`Reranked` with ``scores`` = the combined scores in rank order ``(n_q, M')`` and ``details``:
+        ``attended`` (``q̂·x̂_j``) and ``global`` (``q·x_j``), both ``(n_q, M')`` by shortlist position.
+    """
+    q, x = _pair(Q, X)
+    M = _int_at_least("M", M)
+    lam = _real("lam", lam, 0.0, 1.0)
+    r = _ranks(ranks, q, x)
+    m = min(M, r.shape[0])
+    shortlist = np.ascontiguousarray(r[:m].T)  # (n_q, M') database ids
+    attended = np.empty(shortlist.shape, dtype=np.float32)
+    step = max(1, _CHUNK_ELEMENTS // ((m + 1) * (x.shape[1] + m + 1)))  # the sets and their attention maps
+    for s in range(0, len(q), step):
+        sets = torch.from_numpy(np.concatenate([q[s : s + step, None], x[shortlist[s : s + step]]], axis=1))
+        out = attend(sets)
+        if tuple(out.shape) != tuple(sets.shape):
+            raise ValueError(f"attend must map (S, L, D) sets to the same shape, got {tuple(out.shape)}")
+        attended[s : s + step] = torch.einsum("ad,amd->am", out[:, 0], out[:, 1:]).float().cpu().numpy()
+    similarity = np.einsum("nd,nmd->nm", q, x[shortlist])
+    combined = lam * similarity + (1.0 - lam) * attended
+    order = np.argsort(-combined, axis=1, kind="stable")
+    return Reranked(_rerank_head(r, order), _by_rank(combined, order), {"attended": attended, "global": similarity})
+
+
+# --- what rerankers read besides descriptors ----------------------------------------------------------------------
+
+LOCAL_RERANKERS: frozenset[str] = frozenset({"learned"})
+"""The shortlist rerankers that read local descriptors (a :class:`LocalDescriptors` provider) besides ``Q`` and
+``X``."""
+ATTENTION_RERANKERS: frozenset[str] = frozenset({"shortlist_attention"})
+"""The shortlist rerankers that read a model's descriptor-level batch attention (a :class:`BatchAttention`)."""
+BATCH_DEPENDENT_RERANKERS: frozenset[str] = frozenset({"shortlist_attention"})
+"""The rerankers whose score of a (query, database image) pair depends on the other images they rerank with it
+(the shortlist): a run records ``"batch_dependent": true`` for them."""
+
+
+class RerankInputs(Protocol):
+    """What a reranker reads besides ``Q``, ``X`` and its parameters (kept JSON-ready for the run record), passed by
+    the pipeline: :class:`LocalInputs` or :class:`BatchAttention`."""
+
+    rerankers: ClassVar[frozenset[str]]
+    """The rerankers that read it."""
+
+    def arguments(self, rows: np.ndarray) -> dict[str, Any]:
+        """The reranker's keyword arguments when it reranks the database rows ``rows`` (distinct ids, sorted)."""
+
+    def record(self) -> dict[str, Any]:
+        """What the run's rerank record adds of them (JSON-ready)."""
+
+
+@dataclass(frozen=True)
+class LocalInputs:
+    """A :class:`LocalDescriptors` provider as the :class:`RerankInputs` of :data:`LOCAL_RERANKERS`."""
+
+    local_descriptors: LocalDescriptors
+    rerankers: ClassVar[frozenset[str]] = LOCAL_RERANKERS
+
+    def arguments(self, rows: np.ndarray) -> dict[str, Any]:
+        """``query_locals`` of every query and ``database_locals`` of ``rows``."""
+        return {
+            "query_locals": self.local_descriptors.queries(),
+            "database_locals": self.local_descriptors.database(rows),
+        }
+
+    def record(self) -> dict[str, Any]:
+        return {"local_descriptors": self.local_descriptors.record()}
+
+
+@dataclass(frozen=True)
+class BatchAttention:
+    """A model's trained descriptor-level batch attention, the :class:`RerankInputs` of :data:`ATTENTION_RERANKERS`
+    (made by :func:`batch_attention`).
+
+    Attributes:
+        module: the :class:`~irlib.models.batchformer.BatchFormer` whose encoder attends.
+        name: the model's name (:func:`irlib.models.method_label`), recorded.
+    """
+
+    module: BatchFormer
+    name: str
+    rerankers: ClassVar[frozenset[str]] = ATTENTION_RERANKERS
+
+    def attend(self, sets: torch.Tensor) -> torch.Tensor:
+        """``(S, L, D)`` -> ``(S, L, D)`` float32 on the CPU: :meth:`BatchFormer.attend_sets` in eval mode (no
+        dropout, the training flag restored after), without gradients, on the module's device."""
+        layer = self.module.batchformer
+        weight = next(layer.parameters())
+        training = layer.training
+        layer.eval()
+        try:
+            with torch.inference_mode():
+                out = self.module.attend_sets(sets.to(weight.device, weight.dtype))
+        finally:
+            layer.train(training)
+        return out.float().cpu()
+
+    def arguments(self, rows: np.ndarray) -> dict[str, Any]:
+        """``attend``, the same for every shortlist."""
+        return {"attend": self.attend}
+
+    def record(self) -> dict[str, Any]:
+        return {"batch_attention": {"model": self.name, "module": type(self.module).__name__}}
+
+
+def batch_attention(model: torch.nn.Module) -> BatchAttention:
+    """The descriptor-level batch attention of ``model``, for :func:`shortlist_attention_rerank`: a BatchFormer
+    (``create_model("batchformer", ...)``, or ``create_model("compose", batch_attention="batchformer", ...)``, which
+    is a BatchFormer around the composed network). Any other model raises ValueError naming it and saying why."""
+    name = method_label(getattr(model, "config", None) or {}) or type(model).__name__
+    if isinstance(model, BatchFormer):
+        return BatchAttention(model, name)
+    if isinstance(model, BatchTransformer):
+        why = (
+            "its Class Batch Attention reads every shortlisted image's backbone feature maps (queries and keys), "
+            "not descriptors, so it cannot attend over stored descriptors"
+        )
+    else:
+        why = "it has no batch attention"
+    raise ValueError(
+        f"shortlist_attention reranking needs a model with a descriptor-level batch attention, a BatchFormer "
+        f"(method 'batchformer', or 'compose' with batch_attention='batchformer'); model {name!r} has none: {why}"
+    )
+
+
+# what each reranker that reads inputs needs, for the error that says what to pass
+_INPUT_HINTS = dict.fromkeys(
+    LOCAL_RERANKERS,
+    "local descriptors: pass local_descriptors (e.g. irlib.eval.local_features.DatasetLocals(model, dataset, "
+    "reranker, cfg))",
+) | dict.fromkeys(
+    ATTENTION_RERANKERS,
+    "a model's descriptor-level batch attention: pass irlib.eval.rerank.batch_attention(model) as inputs "
+    "(rerank_inputs in irlib.eval.pipeline; evaluate_model finds it in its model)",
+)
+
+
+def reranker_inputs(
+    method: str, inputs: RerankInputs | None = None, local_descriptors: LocalDescriptors | None = None
+) -> RerankInputs | None:
+    """What ``method`` reads besides descriptors: ``inputs``, or ``local_descriptors`` as :class:`LocalInputs`; None
+    for a reranker that reads nothing else (whatever is given is then ignored). Missing inputs, or inputs of another
+    reranker, raise ValueError saying what to pass."""
+    if method not in _INPUT_HINTS:
+        return None
+    if inputs is not None and local_descriptors is not None:
+        raise ValueError("pass either inputs or local_descriptors, not both")
+    if inputs is None and local_descriptors is not None:
+        inputs = LocalInputs(local_descriptors)
+    if inputs is None or method not in inputs.rerankers:
+        got = "nothing" if inputs is None else type(inputs).__name__
+        raise ValueError(f"{method} reranking reads {_INPUT_HINTS[method]}; got {got}")
+    return inputs
+
+
 # --- one entry point for the evaluation pipeline -----------------------------------------------------------------
 
 RERANKERS: Registry[Callable[..., Reranked]] = Registry("reranker")
 """Names accepted by :func:`rerank_scores` (``--rerank`` of ``python -m irlib eval``): shortlist rerankers and the
-query expansions (:data:`QUERY_EXPANSIONS`)."""
+query expansions (:data:`QUERY_EXPANSIONS`); those of :data:`BATCH_DEPENDENT_RERANKERS` score a pair with the rest
+of the shortlist."""
 for _name, _fn in (
     ("superglobal", superglobal_rerank),
     ("k_reciprocal", k_reciprocal_rerank),
@@ -580,14 +772,12 @@ for _name, _fn in (
     ("alpha_qe", alpha_qe),
     ("average_qe", average_qe),
     ("learned", learned_rerank),
+    ("shortlist_attention", shortlist_attention_rerank),
 ):
     RERANKERS.register(_name, _fn)
 QUERY_EXPANSIONS: frozenset[str] = frozenset({"alpha_qe", "average_qe"})
 """The rerankers that expand the queries and search again instead of reordering a shortlist."""
-LOCAL_RERANKERS: frozenset[str] = frozenset({"learned"})
-"""The shortlist rerankers that read local descriptors (a :class:`LocalDescriptors` provider) besides ``Q`` and
-``X``."""
-_PROVIDED = ("ranks", "return_details", "query_locals", "database_locals")  # given by the caller, not parameters
+_PROVIDED = ("ranks", "return_details", "query_locals", "database_locals", "attend")  # the caller's, not parameters
 
 
 def reranker_params(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -631,19 +821,15 @@ def rerank_ids(
     top: np.ndarray,
     params: Mapping[str, Any],
     local_descriptors: LocalDescriptors | None = None,
+    *,
+    inputs: RerankInputs | None = None,
 ) -> np.ndarray:
     """Each query's shortlist ``top (n_q, m)`` of database ids (best first) reordered by the shortlist reranker
-    ``method`` (completed ``params``), reading only those rows of ``X`` (and of ``local_descriptors`` for
-    :data:`LOCAL_RERANKERS`); returns ``(n_q, m)`` ids."""
+    ``method`` (completed ``params``), reading only those rows of ``X`` (and of what it reads besides, ``inputs`` or
+    ``local_descriptors``: :func:`reranker_inputs`); returns ``(n_q, m)`` ids."""
+    provided = reranker_inputs(method, inputs, local_descriptors)
     q, rows, sub, ranks = _shortlist_rows(Q, X, top)
-    extra = {}
-    if method in LOCAL_RERANKERS:
-        if local_descriptors is None:
-            raise ValueError(
-                f"{method} reranking reads local descriptors: pass local_descriptors (e.g. "
-                f"irlib.eval.local_features.DatasetLocals(model, dataset, reranker, cfg))"
-            )
-        extra = {"query_locals": local_descriptors.queries(), "database_locals": local_descriptors.database(rows)}
+    extra = provided.arguments(rows) if provided is not None else {}
     result = RERANKERS[method](q, sub, ranks=ranks, **params, **extra)
     return rows[result.ranks[: top.shape[1]].T]
 
@@ -664,6 +850,8 @@ def rerank_scores(
     X: np.ndarray | StackedDatabase,
     params: Mapping[str, Any] | None = None,
     local_descriptors: LocalDescriptors | None = None,
+    *,
+    inputs: RerankInputs | None = None,
 ) -> np.ndarray:
     """Rerank a full score matrix and return scores ``(n_q, N)`` whose order (descending, ties by lower id) is the
     reranked ranking, for ``evaluate(gnd, scores=...)``.
@@ -672,7 +860,8 @@ def rerank_scores(
     shortlisted rows of ``X`` are read, so a memory-mapped +1M database (or a :class:`StackedDatabase` of the test
     database and the distractors) stays on disk. Shortlist rerankers put their
     reordered shortlist above every other item, whose initial order is kept; query expansion searches ``X`` again
-    with the expanded queries. :data:`LOCAL_RERANKERS` also read ``local_descriptors``.
+    with the expanded queries. :data:`LOCAL_RERANKERS` also read ``local_descriptors`` and
+    :data:`ATTENTION_RERANKERS` ``inputs`` (:func:`batch_attention`; batch-dependent).
     """
     params = reranker_params(method, params)
     scores = np.asarray(scores, dtype=np.float32)
@@ -683,7 +872,7 @@ def rerank_scores(
         if not top.shape[1]:  # nothing to expand with: the query is only re-normalised, the order is unchanged
             return scores
         return database_scores(expand_queries(method, Q, X, top, params), X)
-    head = rerank_ids(method, Q, X, top, params, local_descriptors)
+    head = rerank_ids(method, Q, X, top, params, local_descriptors, inputs=inputs)
     out = scores.copy()
     # The head takes the next M' float32 values above each query's (positive) maximum, one ulp apart, so the
     # evaluator's score histogram keeps its resolution for the rest of the ranking.

@@ -5,7 +5,9 @@ across the samples of a batch: the ``(B, D)`` descriptors are one length-B seque
 classifier sees both streams: :meth:`BatchFormer.forward_train` adds ``"batch_attended"`` to the wrapped model's
 training outputs and :meth:`BatchFormer.descriptor_streams` makes the run's descriptor losses read
 ``cat([descriptor, batch_attended])`` with the labels repeated twice (one head, 2B rows). At test time the encoder
-is skipped, so ``forward`` is exactly the wrapped model's descriptor (no batch dependence, no cost).
+is skipped, so ``forward`` is exactly the wrapped model's descriptor (no batch dependence, no cost). The optional,
+batch-dependent test-time use is a reranker, not the descriptor: ``rerank="shortlist_attention"``
+(:func:`irlib.eval.rerank.shortlist_attention_rerank`) runs the trained encoder over each query and its shortlist.
 
 Our choices: the encoder reads the wrapped model's L2-normalised descriptors (the only output every method shares)
 and its output is L2-normalised too, so both streams live on the same sphere for a cosine-margin head; ``forward``
@@ -61,7 +63,13 @@ class BatchFormer(WrappedModel):
 
     def attend(self, descriptors: Tensor) -> Tensor:
         """(B,D) descriptors -> (B,D) L2-normalised outputs of the encoder run over the batch as a sequence."""
-        return F.normalize(self.batchformer(descriptors.unsqueeze(1)).squeeze(1), dim=-1)
+        return self.attend_sets(descriptors.unsqueeze(0)).squeeze(0)
+
+    def attend_sets(self, sets: Tensor) -> Tensor:
+        """(S,L,D) descriptors -> (S,L,D): each of the S sets is one length-L sequence through the encoder (the
+        layer is not batch-first, so it reads ``(L, S, D)``), outputs L2-normalised. :meth:`attend` is ``S = 1``;
+        :func:`irlib.eval.rerank.shortlist_attention_rerank` attends over each query's shortlist at test time."""
+        return F.normalize(self.batchformer(sets.transpose(0, 1)).transpose(0, 1), dim=-1)
 
     def forward_train(self, x: Tensor) -> dict[str, Tensor]:
         """(B,3,H,W) -> the wrapped model's training outputs plus ``"batch_attended"`` (B,D)."""

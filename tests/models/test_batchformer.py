@@ -56,6 +56,27 @@ def test_wraps_a_built_model_and_exposes_two_streams() -> None:
         BatchFormer(inner, whitening=8)
 
 
+def test_attend_sets_runs_each_set_as_its_own_sequence() -> None:
+    """Many sets at once (the path of the test-time shortlist reranker) equal one set at a time; ``attend`` is one."""
+    torch.manual_seed(0)
+    model = create_model("batchformer", backbone=BACKBONE, whitening=16).eval()
+    sets = F.normalize(torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    with torch.no_grad():
+        together = model.attend_sets(sets)
+        alone = torch.stack([model.attend(s) for s in sets])
+        by_hand = torch.stack([F.normalize(model.batchformer(s.unsqueeze(1)).squeeze(1), dim=-1) for s in sets])
+        changed = sets.clone()
+        changed[1, 4] = -changed[1, 4]
+        other = model.attend_sets(changed)
+    assert together.shape == (3, 5, 16)
+    torch.testing.assert_close(together, alone)
+    torch.testing.assert_close(alone, by_hand)
+    torch.testing.assert_close(together.norm(dim=-1), torch.ones(3, 5))
+    # a member of set 1 changed: set 1's other outputs change, sets 0 and 2 do not
+    assert not torch.allclose(other[1, 0], together[1, 0])
+    torch.testing.assert_close(other[[0, 2]], together[[0, 2]])
+
+
 def test_the_runs_loss_is_one_shared_head_on_both_streams_with_labels_repeated() -> None:
     """BatchFormer's objective: the classifier on cat([pre, post]) (2B rows) and the labels twice, one head."""
     torch.manual_seed(0)
