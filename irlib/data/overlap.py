@@ -10,7 +10,10 @@ class level with a global descriptor:
 2. :func:`irlib.eval.overlap.find_overlaps` embeds them and the test queries (cropped to their boxes, as the
    protocol does; optionally also the database positives) and ranks the classes with :func:`score_classes`;
 3. optionally, :func:`verify_pair` counts SIFT + RANSAC inliers on each candidate's best image pair;
-4. a person reviews the candidates (:class:`irlib.viz.review.OverlapReviewer`) and :func:`write_exclusion_file`
+4. CiDeR's text step, :func:`irlib.data.landmark_names.match_landmark_names`, matches the GLDv2 category names
+   against the test landmarks' names; :func:`merge_candidates` joins its candidates to the visual ones, each
+   marked by its evidence (``source``: ``"visual"``, ``"text"`` or ``"both"``);
+5. a person reviews the candidates (:class:`irlib.viz.review.OverlapReviewer`) and :func:`write_exclusion_file`
    writes the accepted ids, which :func:`irlib.data.gldv2.rgldv2_clean` reads.
 
 On the demo data (:mod:`irlib.data.synthetic`) the overlaps are planted, so :func:`precision_recall` measures
@@ -22,7 +25,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +42,9 @@ __all__ = [
     "AGGREGATES",
     "ClassScores",
     "OverlapCandidate",
+    "SOURCES",
     "candidates_frame",
+    "merge_candidates",
     "precision_recall",
     "precision_recall_curve",
     "sample_class_images",
@@ -50,6 +55,8 @@ __all__ = [
 
 Aggregate = Literal["mean", "median", "max"]
 AGGREGATES: tuple[str, ...] = ("mean", "median", "max")
+Source = Literal["visual", "text", "both"]
+SOURCES: tuple[str, ...] = ("visual", "text", "both")
 Box = tuple[float, float, float, float]
 
 _CHUNK = 8192  # training descriptors compared with the test set at a time
@@ -90,24 +97,42 @@ class OverlapCandidate:
 
     Attributes:
         landmark_id: the training ``landmark_id``.
-        score: its class score (see :func:`score_classes`).
+        score: its class score (see :func:`score_classes`); for a text-only candidate (``source == "text"``) the
+            name score of :func:`irlib.data.landmark_names.match_landmark_names` instead.
         similarity: cosine of the (training image, test image) pair shown as evidence: the class's best pair
-            or, when verified, the pair with the most inliers.
-        train_image: that training image.
-        test_image: that test image (a query, or a database positive with ``include_db``).
+            or, when verified, the pair with the most inliers; NaN for a text-only candidate.
+        train_image: that training image (a text-only candidate: one image of the landmark, or None).
+        test_image: that test image (a query, or a database positive with ``include_db``; text-only: a query of
+            the test landmark named, or None).
         test_box: the query box the test image was cropped to (``None`` for a database image).
-        query: the query whose landmark the test image shows (the test image itself when it is a query).
+        query: the query whose landmark the test image shows (the test image itself when it is a query; ``""``
+            for a text-only candidate without a test set).
         inliers: SIFT + RANSAC inliers of the pair, when verified.
+        source: the evidence: ``"visual"`` (descriptors), ``"text"`` (category name) or ``"both"``.
+        matched_name: the test-landmark name (or synonym) that the category matched (text evidence).
+        category: the training landmark's category name, decoded (text evidence).
+        name_score: the name score in [0.5, 1] (text evidence).
+        matched_landmark: key (query-name prefix, e.g. ``"paris_invalides"``) of the test landmark that the
+            category names (text evidence).
     """
 
     landmark_id: int
     score: float
     similarity: float
-    train_image: Path
-    test_image: Path
+    train_image: Path | None
+    test_image: Path | None
     test_box: Box | None
     query: str
     inliers: int | None = None
+    source: Source = "visual"
+    matched_name: str | None = None
+    category: str | None = None
+    name_score: float | None = None
+    matched_landmark: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
 
 def sample_class_images(labels: np.ndarray, images_per_class: int, seed: int = 0) -> np.ndarray:
@@ -226,6 +251,40 @@ def candidates_frame(candidates: Sequence[OverlapCandidate]) -> pd.DataFrame:
     frame = pd.DataFrame([asdict(c) for c in candidates], columns=list(OverlapCandidate.__dataclass_fields__))
     frame.index = pd.RangeIndex(1, len(frame) + 1, name="rank")
     return frame
+
+
+def merge_candidates(visual: Sequence[OverlapCandidate], text: Sequence[OverlapCandidate]) -> list[OverlapCandidate]:
+    """Union of visual and text candidates by ``landmark_id``, each marked by its evidence (CiDeR's two steps).
+
+    A landmark in both lists keeps its visual fields (score, pair, inliers, rank) and gains the text fields
+    (``matched_name``, ``category``, ``name_score``, ``matched_landmark``), with ``source="both"``. The visual
+    candidates come first in their order, then the text-only ones by decreasing name score (ties: input order).
+    A landmark listed twice in one list raises ValueError.
+    """
+    for what, cands in (("visual", visual), ("text", text)):
+        ids = [c.landmark_id for c in cands]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"the {what} candidates list a landmark_id twice")
+    by_id = {c.landmark_id: c for c in text}
+    out = []
+    for c in visual:
+        t = by_id.pop(c.landmark_id, None)
+        if t is None:
+            out.append(c)
+        else:
+            out.append(
+                replace(
+                    c,
+                    source="both",
+                    matched_name=t.matched_name,
+                    category=t.category,
+                    name_score=t.name_score if t.name_score is not None else t.score,
+                    matched_landmark=t.matched_landmark,
+                )
+            )
+    rest = sorted(by_id.values(), key=lambda c: -(c.name_score if c.name_score is not None else c.score))
+    out += [replace(c, source="text") for c in rest]
+    return out
 
 
 def _ids(ranked: Sequence[OverlapCandidate] | Sequence[int]) -> list[int]:

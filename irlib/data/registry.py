@@ -125,7 +125,7 @@ def _gldv2_clean(root: Path, **kwargs: Any) -> Any:
     return gldv2_train(_gldv2_dir(root), **kwargs)
 
 
-@_register("rgldv2-clean", "train", "GLDv2-clean minus an exclusion file of landmark ids (exclude_file=...)")
+@_register("rgldv2-clean", "train", "GLDv2-clean minus a file of landmark ids or an image-id table (exclude_file=...)")
 def _rgldv2_clean(root: Path, exclude_file: str | os.PathLike, **kwargs: Any) -> Any:
     return rgldv2_clean(_gldv2_dir(root), exclude_file, **kwargs)
 

@@ -9,7 +9,11 @@ by scikit-image and matplotlib) photographed from many viewpoints into cluttered
 * ``<out>/train/``: a training split in the Google-Landmarks-v2 layout, of *other* landmarks plus a few
   planted *overlap* classes: new photographs of test landmarks under random landmark ids. They imitate, on
   purpose, the landmarks GLDv2-clean shares with ROxford/RParis (CiDeR, CVPR 2024), so that
-  :mod:`irlib.data.overlap` can be tested against a known answer;
+  :mod:`irlib.data.overlap` can be tested against a known answer. ``train_label_to_category.csv`` names every
+  class with a Wikimedia-style category URL: the overlap classes carry their test landmark's name (plainly, as a
+  French synonym with accents and the city, or URL-encoded), one ordinary class names a test landmark too although
+  its photos do not show it (found by text only), and two are near misses (a test landmark's name plus another
+  place, like "Christ Church, New Zealand" for Oxford's), so that :mod:`irlib.data.landmark_names` can be tested;
 * ``<out>/uned/``: a small set in the UnED layout (``info_files/<domain>/<split>.json`` + ``images/``) of a few
   real UnED domain names (rendered cars, garments and landmark shots), with class ids restarting at 0 in every
   domain and the same id given a look-alike colour in every domain (a cross-domain match is not a hit);
@@ -17,7 +21,9 @@ by scikit-image and matplotlib) photographed from many viewpoints into cluttered
   ``misc/taxonomy.json``) of product-like objects, photographed on clean backgrounds as queries and in clutter at
   several scales as positives, with webdataset tar shards of distractors (``yfcc100m/NNNNNN.tar``);
 * ``<out>/demo_info.json``: config, counts, generator version and the planted overlaps
-  (``overlap_landmarks``: training ``landmark_id`` -> test landmark name).
+  (``overlap_landmarks``: training ``landmark_id`` -> test landmark name), the test landmarks' names
+  (``test_landmark_names``: key -> [name, synonym], ``test_city``) and the planted name matches
+  (``text_only_landmarks``, ``name_decoys``: training ``landmark_id`` -> test landmark key).
 
 Everything is drawn from ``numpy.random.default_rng`` streams keyed by ``(seed, purpose, index)``, so the
 same config always produces byte-identical files.
@@ -36,6 +42,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -52,7 +59,7 @@ __all__ = ["DEMO_DATASET", "DemoConfig", "make_demo_data"]
 
 DEMO_DATASET = "demo"
 
-_GENERATOR_VERSION = 4
+_GENERATOR_VERSION = 5  # 5: train_label_to_category.csv and the test landmarks' names (no image changed)
 _MARKER = ".demo_complete"
 _OUTPUTS = (DEMO_DATASET, "train", "uned", "ilias", "demo_info.json")
 
@@ -80,6 +87,41 @@ _KINDS: dict[str, str] = {
 _S_TILES, _S_TEST_LM, _S_TRAIN_LM, _S_GENERIC, _S_PLAN, _S_QUERY, _S_DB, _S_CLUTTER, _S_TRAIN, _S_IDS = range(10)
 _S_OVERLAP = 10  # appended: planting overlaps changed no earlier stream
 _S_UNED, _S_ILIAS = 11, 12  # appended: the UnED and ILIAS sets read no earlier stream
+_S_NAMES = 13  # appended: the landmark names read no earlier stream
+
+# Names of the demo's landmarks (for train_label_to_category.csv and the text step of overlap detection): the test
+# landmarks are "<proper> <Kind>" (French synonym "<Genre> <proper>") in the fictitious city _CITY; the training
+# landmarks take their proper names from a pool that shares no word with the test pool.
+_CITY = "Demoville"
+_FRENCH = {
+    "tower": "Tour",
+    "cathedral": "Cathédrale",
+    "palace": "Palais",
+    "museum": "Musée",
+    "gate": "Porte",
+    "castle": "Château",
+    "temple": "Temple",
+    "station": "Gare",
+    "chapel": "Chapelle",
+    "observatory": "Observatoire",
+    "theatre": "Théâtre",
+    "fortress": "Forteresse",
+    "library": "Bibliothèque",
+    "basilica": "Basilique",
+    "pavilion": "Pavillon",
+    "belfry": "Beffroi",
+}
+_TEST_PROPER = (
+    "Saint-Aubin", "Sainte-Hélène", "Bellecour", "Montclair", "Valmérac", "Aurèle", "Beaumarais", "Corvaine",
+    "Ostrelle", "Léonore", "Marbrevaux", "Pérignac", "Quinsonne", "Rivaudière", "Sauvelade", "Vérange",
+)  # fmt: skip
+_TRAIN_PROPER = (
+    "Ashcombe", "Birchwick", "Coldharbour", "Dunmere", "Elmstead", "Fernhollow", "Glenmarrow", "Hollinsby",
+    "Ivymoor", "Kestrel Hill", "Larkspur", "Millbrook", "Northwold", "Oakhurst", "Pennycross", "Quarrendon",
+    "Redwater", "Stonebridge", "Thornbury", "Upperton", "Westerleigh", "Yarrowby", "Brackenfield", "Cindermoor",
+)  # fmt: skip
+_ELSEWHERE = ("Nouvelle-Calédonie", "Port Ellery", "Lake Marrow")  # places a decoy's category adds
+_COMMONS = "http://commons.wikimedia.org/wiki/Category:"
 
 # Roof height of a facade as a fraction of its width, per silhouette style.
 _ROOF_HEIGHT = {"gable": 0.4, "pediment": 0.18, "dome": 0.45, "crenel": 0.16, "gate": 0.2, "steps": 0.3}
@@ -1049,6 +1091,8 @@ def _generate(root: Path, config: DemoConfig, fingerprint: str, progress: bool) 
         pickle.dump({"imlist": [n for n, _, _ in db], "qimlist": [n for n, _, _ in queries], "gnd": gnd}, f, protocol=4)
 
     train_ids = _write_train(root / "train", config, classes, generics, assets, bar)
+    names = _landmark_names(config, test, overlaps, train_ids)
+    _write_categories(root / "train" / "train_label_to_category.csv", names.categories)
     uned_counts = _write_uned(root / "uned", config, generics, assets, bar)
     ilias_counts = _write_ilias(root / "ilias", config, generics, assets, bar)
     bar.close()
@@ -1073,9 +1117,89 @@ def _generate(root: Path, config: DemoConfig, fingerprint: str, progress: bool) 
         "hard_negative_pairs": [[test[i - 1].name, test[i].name] for i in range(len(test)) if i % 4 == 1],
         "train_landmark_ids": sorted(train_ids),
         "overlap_landmarks": {str(lid): test[i].name for lid, i in zip(train_ids[len(train) :], overlaps, strict=True)},
+        "test_city": _CITY,
+        "test_landmark_names": names.test_names,
+        "text_only_landmarks": {str(k): v for k, v in names.text_only.items()},
+        "name_decoys": {str(k): v for k, v in names.decoys.items()},
     }
     (root / "demo_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     (root / _MARKER).write_text(fingerprint)
+
+
+@dataclass(frozen=True)
+class _Names:
+    test_names: dict[str, list[str]]  # test landmark key -> [name, French synonym]
+    categories: dict[int, str]  # training landmark id -> category URL
+    text_only: dict[int, str]  # training landmark id -> key of the test landmark its category names
+    decoys: dict[int, str]  # training landmark id -> key of the test landmark its category nearly names
+
+
+def _test_names(test: list[_Landmark]) -> dict[str, list[str]]:
+    out = {}
+    for i, lm in enumerate(test):
+        kind = lm.name.rsplit("_", 1)[0]
+        proper = _TEST_PROPER[i % len(_TEST_PROPER)]
+        if i >= len(_TEST_PROPER):  # a new last word ("Aurèleville"), so that no name holds another's words
+            k = i // len(_TEST_PROPER) - 1
+            proper += ("ville", "bourg", "court", "val", "mont")[k % 5] + (str(k // 5 + 1) if k >= 5 else "")
+        out[lm.name] = [f"{proper} {kind.title()}", f"{_FRENCH[kind]} {proper}"]
+    return out
+
+
+def _commons(title: str, encode: bool = False) -> str:
+    """The category URL of ``title``; ``encode`` percent-encodes it (accents and punctuation: ``%C3%A9``, ``%2C``)."""
+    title = title.replace(" ", "_")
+    return _COMMONS + (urllib.parse.quote(title, safe="_") if encode else title)
+
+
+def _landmark_names(config: DemoConfig, test: list[_Landmark], overlaps: list[int], train_ids: list[int]) -> _Names:
+    """Category names of the training classes (in ``train_ids`` order: ordinary classes, then overlap classes).
+
+    Overlap class ``k`` names its test landmark in style ``k % 3``: the English name, the French synonym with the
+    city in parentheses, the French synonym URL-encoded. Of the ordinary classes (drawn from their own stream), one
+    names a test landmark that no class photographs when there is one (URL-encoded, with the city: text evidence
+    only) and two are decoys: a test landmark's name with another place added (the first names overlap 0's).
+    """
+    test_names = _test_names(test)
+    keys = [lm.name for lm in test]
+    kinds = list(_KINDS)
+    n_train = config.n_train_landmarks
+    categories: dict[int, str] = {}
+    for j in range(n_train):
+        kind = kinds[int(_rng(config.seed, _S_TRAIN_LM, j).integers(len(kinds)))]  # the draw _train_landmarks made
+        proper = _TRAIN_PROPER[j % len(_TRAIN_PROPER)]
+        proper += f" {j // len(_TRAIN_PROPER) + 1}" if j >= len(_TRAIN_PROPER) else ""
+        categories[train_ids[j]] = _commons(f"{proper} {kind.title()}")
+    for k, i in enumerate(overlaps):
+        english, french = test_names[keys[i]]
+        title = (english, f"{french} ({_CITY})", french)[k % 3]
+        categories[train_ids[n_train + k]] = _commons(title, encode=k % 3 == 2)
+    rng = _rng(config.seed, _S_NAMES)
+    roles = [int(j) for j in rng.permutation(n_train)[:3]]
+    text_only: dict[int, str] = {}
+    decoys: dict[int, str] = {}
+    if roles:
+        free = [i for i in range(len(test)) if i not in overlaps] or list(range(len(test)))
+        i = free[int(rng.integers(len(free)))]
+        lid = train_ids[roles[0]]
+        categories[lid] = _commons(f"{test_names[keys[i]][1]}, {_CITY}", encode=True)
+        text_only[lid] = keys[i]
+    for d, j in enumerate(roles[1:]):
+        i = overlaps[0] if d == 0 and overlaps else int(rng.integers(len(test)))
+        english, french = test_names[keys[i]]
+        title = f"{english} ({_ELSEWHERE[d]})" if d == 0 else f"Old {english}, {_ELSEWHERE[d]}"
+        lid = train_ids[j]
+        categories[lid] = _commons(title)
+        decoys[lid] = keys[i]
+    return _Names(test_names, dict(sorted(categories.items())), text_only, decoys)
+
+
+def _write_categories(path: Path, categories: dict[int, str]) -> None:
+    """``train_label_to_category.csv`` as GLDv2 ships it: ``landmark_id,category``, ids ascending."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["landmark_id", "category"])
+        writer.writerows(categories.items())
 
 
 def _overlap_choice(config: DemoConfig) -> list[int]:

@@ -30,7 +30,7 @@ class TrainConfig:
         dataset: ``"gldv2"`` (GLDv2-clean, or RGLDv2-clean with ``exclude``) or ``"uned"`` (UnED train split).
         data_dir: the dataset root: GLDv2 layout (``train_clean.csv`` + ``train/a/b/c/<id>.jpg``) or UnED
             (``info_files/<domain>/train.json`` + ``images/``).
-        exclude: a landmark-id exclusion file (RGLDv2-clean), or None.
+        exclude: a landmark-id exclusion file or an image-id table (RGLDv2-clean, ``read_rgldv2_file``), or None.
         domains: UnED domains to train on (None: all 8).
         classifier: ``"joint"`` (one head over all domains' classes) or ``"per_domain"`` (UnED only: one head per
             domain, each image's loss on its own domain's classes; :class:`irlib.losses.domains.PerDomainHead`).

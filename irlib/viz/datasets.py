@@ -148,15 +148,24 @@ def plot_overlap_pairs(candidates: Sequence[OverlapCandidate], n: int = 6, truth
     truth = {int(t) for t in truth}
     fig, axes = plt.subplots(len(shown), 2, figsize=(6.0, 2.3 * len(shown)), squeeze=False, layout="constrained")
     for (ax_train, ax_test), c in zip(axes, shown, strict=True):
-        ax_train.imshow(load_image(c.train_image))
-        test = load_image(c.test_image)
-        ax_test.imshow(draw_box(test, c.test_box) if c.test_box is not None else test)
+        if c.train_image is not None:
+            ax_train.imshow(load_image(c.train_image))
+        else:
+            ax_train.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=8, transform=ax_train.transAxes)
+        if c.test_image is not None:
+            test = load_image(c.test_image)
+            ax_test.imshow(draw_box(test, c.test_box) if c.test_box is not None else test)
+        else:
+            ax_test.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=8, transform=ax_test.transAxes)
         for ax in (ax_train, ax_test):
             ax.set_axis_off()
         mark = " (planted)" if c.landmark_id in truth else ""
         inliers = "" if c.inliers is None else f", {c.inliers} inliers"
         ax_train.set_title(f"landmark {c.landmark_id}{mark}: score {c.score:.3f}", fontsize=8, loc="left")
-        ax_test.set_title(f"{c.query}: cosine {c.similarity:.3f}{inliers}", fontsize=8, loc="left")
+        if c.source == "text":
+            ax_test.set_title(f"name: {c.matched_name} ({c.matched_landmark})", fontsize=8, loc="left")
+        else:
+            ax_test.set_title(f"{c.query}: cosine {c.similarity:.3f}{inliers}", fontsize=8, loc="left")
     return fig
 
 

@@ -1,7 +1,9 @@
 """Review train-test overlap candidates in a notebook, then write the accepted ones as an exclusion file.
 
 CiDeR (CVPR 2024) had people check every candidate before removing it from GLDv2-clean; this is that step for
-the candidates of :func:`irlib.data.overlap.find_overlaps`.
+the candidates of :func:`irlib.eval.overlap.find_overlaps`, of the name matcher
+(:func:`irlib.data.landmark_names.name_candidates`) or both merged (:func:`irlib.data.overlap.merge_candidates`);
+each row says which evidence it has: visual, text or both.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from irlib.data.images import load_image
 from irlib.data.overlap import OverlapCandidate, write_exclusion_file
@@ -48,15 +50,17 @@ class OverlapReviewer:
         comments: Sequence[str] = (),
         thumb_size: int = 224,
     ) -> None:
-        """``accept_above``: candidates whose score is at least this start accepted, the others rejected (all
-        start rejected with ``None``). ``comments`` go into the file's header (e.g. the model and settings)."""
+        """``accept_above``: candidates with visual evidence whose score is at least this start accepted, the others
+        rejected (all start rejected with ``None``; text-only candidates always start rejected: a name match needs a
+        person's look). ``comments`` go into the file's header (e.g. the model and settings)."""
         self.candidates = list(candidates)
         ids = [c.landmark_id for c in self.candidates]
         if len(set(ids)) != len(ids):
             raise ValueError("candidates list a landmark_id twice")
         self.comments = list(comments)
         self.decisions: dict[int, bool] = {
-            c.landmark_id: accept_above is not None and c.score >= accept_above for c in self.candidates
+            c.landmark_id: accept_above is not None and c.source != "text" and c.score >= accept_above
+            for c in self.candidates
         }
         self.buttons: dict[int, tuple[widgets.Button, widgets.Button]] = {}
         rows = [self._row(rank, c, thumb_size) for rank, c in enumerate(self.candidates, 1)]
@@ -123,11 +127,7 @@ class OverlapReviewer:
         accept.on_click(lambda _: self.accept(c.landmark_id))
         reject.on_click(lambda _: self.reject(c.landmark_id))
         self.buttons[c.landmark_id] = (accept, reject)
-        inliers = "" if c.inliers is None else f" &middot; {c.inliers} inliers"
-        info = widgets.HTML(
-            f"<b>#{rank}: landmark {c.landmark_id}</b><br>score {c.score:.3f} &middot; pair cosine "
-            f"{c.similarity:.3f}{inliers}<br>matches query <code>{html.escape(c.query)}</code>"
-        )
+        info = widgets.HTML(_info_html(rank, c))
         images = [
             widgets.Image(value=_thumbnail(path, box, thumb_size), format="png")
             for path, box in ((c.train_image, None), (c.test_image, c.test_box))
@@ -135,17 +135,54 @@ class OverlapReviewer:
         return widgets.HBox([*images, widgets.VBox([info, widgets.HBox([accept, reject])])])
 
 
-def _thumbnail(path: str | os.PathLike, box: Sequence[float] | None, size: int) -> bytes:
-    """PNG bytes of the image (cropped to ``box``), shrunk to at most ``size`` pixels a side."""
-    img = load_image(path)
-    if box is not None:
-        img = crop_query(img, box)
-    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+def _thumbnail(path: str | os.PathLike | None, box: Sequence[float] | None, size: int) -> bytes:
+    """PNG bytes of the image (cropped to ``box``), shrunk to at most ``size`` pixels a side; without an image
+    (a text-only candidate) a grey ``size`` x ``3 size / 4`` placeholder saying so."""
+    if path is None:
+        img = Image.new("RGB", (size, max(1, 3 * size // 4)), (200, 200, 200))
+        ImageDraw.Draw(img).text((6, 6), "no image", fill=(90, 90, 90))
+    else:
+        img = load_image(path)
+        if box is not None:
+            img = crop_query(img, box)
+        img.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
+_SOURCE_LABEL = {"visual": "visual", "text": "text only", "both": "both (visual + text)"}
+
+
+def _text_evidence(c: OverlapCandidate) -> str:
+    score = c.name_score if c.name_score is not None else c.score
+    return f"name {c.matched_name!r} of {c.matched_landmark} in category {c.category!r} (name score {score:.3f})"
+
+
 def _evidence(c: OverlapCandidate) -> str:
+    """One line for the exclusion file: the visual evidence (unchanged format), the text evidence, or both."""
+    if c.source == "text":
+        return f"text only: {_text_evidence(c)}"
     inliers = "" if c.inliers is None else f", {c.inliers} inliers"
-    return f"score {c.score:.3f}, pair cosine {c.similarity:.3f}{inliers}, matches query {c.query}"
+    visual = f"score {c.score:.3f}, pair cosine {c.similarity:.3f}{inliers}, matches query {c.query}"
+    return visual if c.source == "visual" else f"{visual}; text: {_text_evidence(c)}"
+
+
+def _info_html(rank: int, c: OverlapCandidate) -> str:
+    """The row's evidence: its source, then the visual and / or text lines."""
+    lines = [f"<b>#{rank}: landmark {c.landmark_id}</b> &middot; evidence: {_SOURCE_LABEL[c.source]}"]
+    if c.source != "text":
+        inliers = "" if c.inliers is None else f" &middot; {c.inliers} inliers"
+        lines.append(f"score {c.score:.3f} &middot; pair cosine {c.similarity:.3f}{inliers}")
+        lines.append(f"matches query <code>{html.escape(c.query)}</code>")
+    if c.source != "text" and c.matched_name is None:
+        return "<br>".join(lines)
+    score = c.name_score if c.name_score is not None else c.score
+    lines.append(
+        f"name <b>{html.escape(str(c.matched_name))}</b> ({html.escape(str(c.matched_landmark))}) &middot; name "
+        f"score {score:.3f}"
+    )
+    lines.append(f"category <i>{html.escape(str(c.category))}</i>")
+    if c.source == "text" and c.query:
+        lines.append(f"shown beside query <code>{html.escape(c.query)}</code>")
+    return "<br>".join(lines)

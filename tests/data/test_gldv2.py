@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,18 @@ import pytest
 from PIL import Image
 
 from irlib.data import gldv2
-from irlib.data.gldv2 import GLDv2Counts, gldv2_counts, gldv2_train, read_exclusion_file, rgldv2_clean
+from irlib.data.gldv2 import (
+    GLDv2Counts,
+    ImageIdTable,
+    gldv2_counts,
+    gldv2_train,
+    landmark_image_counts,
+    read_exclusion_file,
+    read_image_id_table,
+    read_label_to_category,
+    read_rgldv2_file,
+    rgldv2_clean,
+)
 from irlib.data.synthetic import DemoConfig, make_demo_data
 
 # landmark_id -> image ids; ids 9, 10, 100 test the numeric sort ("10" < "100" < "9" as strings).
@@ -205,3 +217,115 @@ def test_demo_training_split_loads(tmp_path: Path) -> None:
     assert ds[5][0].size in ((96, 72), (72, 96))
     full = gldv2_train(out, clean=False)
     assert list(full.paths) == list(ds.paths) and full.labels.tolist() == ds.labels.tolist()
+
+
+# ------------------------------------------------------------------------------ image-id tables (index_clean.csv)
+
+
+def test_inclusion_table_keeps_the_listed_images(gld: Path) -> None:
+    kept = [i for lid in (10, 20) for i in LANDMARKS[lid]] + LANDMARKS[9][:1]  # landmark 9 loses 2 of its 3 images
+    table = gld / "index_clean.csv"
+    table.write_text("id\n" + "".join(f"{i}\n" for i in kept))
+    read = read_rgldv2_file(table)
+    assert isinstance(read, ImageIdTable) and read.kind == "include" and read.id_strings() == kept
+    ds = rgldv2_clean(gld, table)
+    assert sorted(p.stem for p in ds.paths) == sorted(kept) and ds.label_map == {9: 0, 10: 1, 20: 2}
+    info = ds.info
+    assert (info["removed_classes"], info["removed_images"], info["image_table"]) == (1, 4, "include")
+    assert (info["partially_removed_classes"], info["table_ids_not_found"]) == (1, 0)
+    same = gldv2_counts(gld, exclude=read)
+    assert (same.classes, same.images) == (3, 4) == (ds.num_classes, len(ds))
+
+
+def test_exclusion_table_removes_the_listed_images(gld: Path) -> None:
+    table = gld / "removed.csv"
+    table.write_text("excluded_id\r\n" + "".join(f"{i}\r\n" for i in LANDMARKS[100]) + "\n")  # CRLF, blank end
+    ds = rgldv2_clean(gld, table)
+    assert ds.label_map == {9: 0, 10: 1, 20: 2} and len(ds) == 6
+    assert (ds.info["removed_classes"], ds.info["removed_images"], ds.info["image_table"]) == (1, 2, "exclude")
+    assert ds.info["partially_removed_classes"] == 0
+    as_exclusion = read_image_id_table(gld / "removed.csv")
+    assert as_exclusion.kind == "exclude"
+    header_id = gld / "removed_id.csv"
+    header_id.write_text("id\n" + "".join(f"{i}\n" for i in LANDMARKS[100]))
+    assert read_image_id_table(header_id, kind="exclude").kind == "exclude"
+    assert gldv2_counts(gld, exclude=read_image_id_table(header_id, kind="exclude")).images == 6
+    with pytest.raises(ValueError, match=r"removed\.csv:1: .*'excluded_id'.*kind='include'"):
+        read_image_id_table(table, kind="include")
+
+
+def test_table_ids_missing_from_the_csv_warn_or_raise(gld: Path) -> None:
+    table = gld / "index_clean.csv"
+    table.write_text("id\n" + "".join(f"{i}\n" for i in [*LANDMARKS[20], "00000000000000aa", "00000000000000bb"]))
+    with pytest.warns(
+        UserWarning, match=r"index_clean\.csv: 2 of 4 image ids are not in the training CSV.*00000000000000aa"
+    ):
+        ds = rgldv2_clean(gld, table)
+    assert len(ds) == 2 and ds.info["table_ids_not_found"] == 2
+    with pytest.raises(ValueError, match="2 of 4 image ids are not in the training CSV"):
+        rgldv2_clean(gld, table, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id\n0a1b2c3d4e5f6071\n0A1B2C3D4E5F6072\n", r"t\.csv:3: image id '0A1B2C3D4E5F6072' is not 16 lowercase hex"),
+        ("id\n0a1b2c3d4e5f6071\n\n0a1b2c3d4e5f6072\n", r"t\.csv:3: image id '' is not 16 lowercase hex"),
+        ("id\n0a1b2c3d4e5f607\n", r"t\.csv:2: image id '0a1b2c3d4e5f607' is not 16 lowercase hex"),
+        ("id\n0a1b2c3d4e5f6071,9\n", r"t\.csv:2: image id '0a1b2c3d4e5f6071,9'"),
+        (
+            "id\n0a1b2c3d4e5f6071\n0a1b2c3d4e5f6071\n",
+            r"t\.csv:3: image id 0a1b2c3d4e5f6071 is listed twice \(lines 2 and 3\)",
+        ),
+        ("image_id\n0a1b2c3d4e5f6071\n", r"t\.csv:1: unknown header 'image_id'.*'landmark_id'.*'id'.*'excluded_id'"),
+    ],
+)
+def test_malformed_image_tables_name_file_and_line(gld: Path, text: str, message: str) -> None:
+    path = gld / "t.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        rgldv2_clean(gld, path)
+
+
+def test_rgldv2_file_formats_are_told_apart(gld: Path) -> None:
+    path = gld / "f.txt"
+    for text, want in (("# comment\n9\n", [9]), ("landmark_id  # header\n20\n", [20]), ("12\n", [12]), ("", [])):
+        path.write_text(text)
+        assert read_rgldv2_file(path) == want
+    (gld / "f.csv").write_text("ids\n")
+    with pytest.raises(ValueError, match=r"f\.csv:1: unknown header 'ids' of an image-id table: expected 'id'"):
+        read_image_id_table(gld / "f.csv")
+
+
+def test_label_to_category_and_image_counts(gld: Path) -> None:
+    path = gld / "train_label_to_category.csv"
+    path.write_text(
+        "landmark_id,category\n9,http://commons.wikimedia.org/wiki/Category:Eiffel_Tower\n"
+        '10,"http://commons.wikimedia.org/wiki/Category:Christ_Church,_Oxford"\n'
+    )
+    assert read_label_to_category(path) == {
+        9: "http://commons.wikimedia.org/wiki/Category:Eiffel_Tower",
+        10: "http://commons.wikimedia.org/wiki/Category:Christ_Church,_Oxford",
+    }
+    path.write_text("landmark_id,category\n9,a\n9,b\n")
+    with pytest.raises(ValueError, match=r"train_label_to_category\.csv:3: landmark_id 9 is listed twice"):
+        read_label_to_category(path)
+    path.write_text("landmark_id,name\n")
+    with pytest.raises(ValueError, match=r":1: expected the header 'landmark_id,category'"):
+        read_label_to_category(path)
+    assert landmark_image_counts(gld) == {9: 3, 10: 1, 20: 2, 100: 2} == landmark_image_counts(gld / "train_clean.csv")
+
+
+def test_image_table_of_gldv2_clean_size_is_fast(tmp_path: Path) -> None:
+    """1.58 M ids (GLDv2-clean's count) in one table: read and matched against a listing in about a second."""
+    n = 1_580_470
+    keys = np.random.default_rng(0).choice(2**62, size=n, replace=False).astype(np.uint64)
+    ids = np.frombuffer(b"".join(f"{k:016x}".encode() for k in keys.tolist()), np.uint8).reshape(n, 16)
+    body = np.concatenate([ids, np.full((n, 1), ord("\n"), np.uint8)], axis=1).tobytes()
+    (tmp_path / "index_clean.csv").write_bytes(b"id\n" + body[17 * 1565 :])
+    start = time.perf_counter()
+    table = read_image_id_table(tmp_path / "index_clean.csv")
+    keep, fields = gldv2._apply_table(ids, np.arange(n) // 20, table, strict=True)
+    elapsed = time.perf_counter() - start
+    assert len(table) == n - 1565 and int((~keep).sum()) == 1565 and fields["partially_removed_classes"] == 1
+    assert elapsed < 10, f"{elapsed:.1f} s"

@@ -17,6 +17,7 @@ from irlib.data.gldv2 import gldv2_train, read_exclusion_file, rgldv2_clean
 from irlib.data.overlap import (
     OverlapCandidate,
     candidates_frame,
+    merge_candidates,
     precision_recall,
     precision_recall_curve,
     sample_class_images,
@@ -140,6 +141,37 @@ def test_exclusion_file_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["excl.txt"]  # no temporary file left
     with pytest.raises(ValueError):
         write_exclusion_file(tmp_path / "bad.txt", [-1])
+
+
+def test_merge_marks_each_candidate_by_its_evidence() -> None:
+    visual = [
+        OverlapCandidate(5, 0.6, 0.7, Path("t5.jpg"), Path("q.jpg"), None, "tower_00_000000", 40),
+        OverlapCandidate(9, 0.4, 0.5, Path("t9.jpg"), Path("q.jpg"), None, "gate_01_000001"),
+    ]
+    nan = float("nan")
+    text = [
+        OverlapCandidate(7, 0.8, nan, None, None, None, "", source="text", matched_name="Gate", name_score=0.8),
+        OverlapCandidate(9, 0.9, nan, None, None, None, "", source="text", matched_name="Porte", category="Porte X",
+                         name_score=0.9, matched_landmark="gate_01"),
+        OverlapCandidate(3, 1.0, nan, None, None, None, "", source="text", matched_name="Tour", name_score=1.0),
+    ]  # fmt: skip
+    merged = merge_candidates(visual, text)
+    assert [(c.landmark_id, c.source) for c in merged] == [(5, "visual"), (9, "both"), (3, "text"), (7, "text")]
+    both = merged[1]
+    assert (both.score, both.similarity, both.train_image, both.query) == (0.4, 0.5, Path("t9.jpg"), "gate_01_000001")
+    assert (both.matched_name, both.category, both.name_score, both.matched_landmark) == (
+        "Porte",
+        "Porte X",
+        0.9,
+        "gate_01",
+    )
+    assert merged[0] == visual[0] and merge_candidates(visual, []) == visual
+    frame = candidates_frame(merged)
+    assert frame["source"].tolist() == ["visual", "both", "text", "text"]
+    with pytest.raises(ValueError, match="text candidates list a landmark_id twice"):
+        merge_candidates(visual, [*text, text[0]])
+    with pytest.raises(ValueError, match="source must be one of"):
+        OverlapCandidate(1, 0.0, 0.0, None, None, None, "", source="name")  # type: ignore[arg-type]
 
 
 def test_verify_pair_counts_inliers_of_a_homography(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from irlib.data import synthetic
+from irlib.data.landmark_names import name_tokens
 from irlib.data.synthetic import DEMO_DATASET, DemoConfig, make_demo_data
 
 SMALL = DemoConfig(
@@ -137,6 +138,31 @@ def test_training_split_has_the_gldv2_layout(root: Path, gnd: dict) -> None:
         with Image.open(path) as img:
             img.load()
     assert not set(ids) & set(gnd["imlist"] + gnd["qimlist"])
+
+
+def test_category_file_names_every_class_and_plants_name_overlaps(root: Path) -> None:
+    info = json.loads((root / "demo_info.json").read_text())
+    with open(root / "train" / "train_label_to_category.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        assert next(reader) == ["landmark_id", "category"]
+        categories = {int(lid): category for lid, category in reader}
+    assert list(categories) == sorted(info["train_landmark_ids"])  # every class once, ids ascending
+    assert all(c.startswith("http://commons.wikimedia.org/wiki/Category:") for c in categories.values())
+    assert set(info["test_landmark_names"]) == set(info["test_landmarks"]) and info["test_city"] == "Demoville"
+
+    def words(text: str) -> set[str]:
+        return set(name_tokens(text))
+
+    named = {key: [words(n) for n in names] for key, names in info["test_landmark_names"].items()}
+    overlaps = {int(k): v for k, v in info["overlap_landmarks"].items()}
+    text_only = {int(k): v for k, v in info["text_only_landmarks"].items()}
+    decoys = {int(k): v for k, v in info["name_decoys"].items()}
+    assert len(text_only) == 1 and len(decoys) == 2 and not (set(text_only) | set(decoys)) & set(overlaps)
+    for lid, key in {**overlaps, **text_only, **decoys}.items():
+        assert any(n <= words(categories[lid]) for n in named[key]), (lid, categories[lid])
+    for lid, category in categories.items():
+        if lid not in overlaps and lid not in text_only and lid not in decoys:
+            assert not any(n <= words(category) for ns in named.values() for n in ns), category
 
 
 def test_training_landmarks_do_not_reuse_test_murals(monkeypatch: pytest.MonkeyPatch) -> None:

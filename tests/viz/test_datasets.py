@@ -115,6 +115,16 @@ def test_overlap_pairs_show_the_evidence_and_mark_planted_ones(tiny_revisited):
         plot_overlap_pairs([])
 
 
+def test_overlap_pairs_of_a_text_only_candidate_say_no_image():
+    c = OverlapCandidate(
+        31, 0.9, float("nan"), None, None, None, "", source="text", matched_name="Les Invalides",
+        matched_landmark="paris_invalides",
+    )  # fmt: skip
+    ax_train, ax_test = plot_overlap_pairs([c]).axes
+    assert not ax_train.images and ax_train.texts[0].get_text() == "no image"
+    assert ax_test.get_title(loc="left") == "name: Les Invalides (paris_invalides)"
+
+
 def test_precision_recall_figure_plots_the_curve():
     curve = precision_recall_curve([5, 9, 2, 4], true_ids=[5, 2])
     ax = plot_precision_recall(curve).axes[0]

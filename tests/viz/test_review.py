@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from irlib.data.gldv2 import read_exclusion_file
-from irlib.data.overlap import OverlapCandidate
+from irlib.data.overlap import OverlapCandidate, merge_candidates
 from irlib.viz.review import OverlapReviewer
 
 
@@ -86,3 +86,28 @@ def test_rows_show_the_pair_with_the_query_cropped(candidates: list[OverlapCandi
 def test_duplicate_candidates_are_rejected(candidates: list[OverlapCandidate]) -> None:
     with pytest.raises(ValueError, match="twice"):
         OverlapReviewer([*candidates, candidates[0]])
+
+
+def test_text_and_merged_candidates_show_their_evidence(candidates: list[OverlapCandidate], tmp_path: Path) -> None:
+    nan = float("nan")
+    text = [
+        OverlapCandidate(77, 0.9, nan, None, None, None, "", source="text", matched_name="Porte Valmérac",
+                         category="Porte Valmérac (Demoville)", name_score=1.0, matched_landmark="gate_01"),
+        OverlapCandidate(31, 0.95, nan, None, None, None, "", source="text", matched_name="Hôtel des Invalides",
+                         category="Hôtel des Invalides", name_score=0.95, matched_landmark="paris_invalides"),
+    ]  # fmt: skip
+    merged = merge_candidates(candidates, text)
+    reviewer = OverlapReviewer(merged, accept_above=0.3, thumb_size=64)
+    assert reviewer.decisions == {501: True, 77: True, 9000: False, 31: False}  # text only: never pre-accepted
+    infos = [row.children[2].children[0].value for row in reviewer.widget.children[: len(merged)]]
+    assert "evidence: visual" in infos[0] and "name" not in infos[0]
+    assert "evidence: both (visual + text)" in infos[1] and "Porte Valmérac" in infos[1] and "0.400" in infos[1]
+    assert "evidence: text only" in infos[3] and "Hôtel des Invalides" in infos[3] and "pair cosine" not in infos[3]
+    train_thumb, test_thumb, _ = reviewer.widget.children[3].children
+    assert _png_size(train_thumb.value) == _png_size(test_thumb.value) == (64, 48)  # placeholders: no image
+    reviewer.accept(31)
+    text_file = reviewer.write(tmp_path / "excl.txt").read_text()
+    assert read_exclusion_file(tmp_path / "excl.txt") == [31, 77, 501]
+    assert "\n77  # score 0.400, pair cosine 0.550, 12 inliers, matches query gate_01_000000; text: name " in text_file
+    assert "\n31  # text only: name 'Hôtel des Invalides' of paris_invalides in category" in text_file
+    assert "\n501  # score 0.610, pair cosine 0.720, 80 inliers, matches query tower_00_000001\n" in text_file
